@@ -97,14 +97,17 @@ def _as_indices(indices, device) -> torch.Tensor:
     return idx.to(device)
 
 
-def select_codes(system: SystemConfig, keys: torch.Tensor) -> torch.Tensor:
-    book = cb.codewords(system, device=keys.device)
+def code_indices(system: SystemConfig, keys: torch.Tensor) -> torch.Tensor:
+    """Which codewords each scene applies, ``[B, L]`` int64 (what a data shard stores)."""
     if system.codebook.per_scene_selection:
         u = rng.uniform(keys, STREAM_CODE_SELECTION, (system.codebook_size,))
-        sel = torch.argsort(u, dim=1)[:, : system.num_snapshots]
-        return book[sel]
-    sel = cb.fixed_selection(system).to(keys.device)
-    return book[sel].unsqueeze(0).expand(keys.shape[0], -1, -1)
+        return torch.argsort(u, dim=1)[:, : system.num_snapshots]
+    return cb.fixed_selection(system).to(keys.device).unsqueeze(0).expand(keys.shape[0], -1)
+
+
+def codes_from_indices(system: SystemConfig, indices: torch.Tensor) -> torch.Tensor:
+    """Codewords ``[B, L, N]`` for code indices ``[B, L]``."""
+    return cb.codewords(system, device=indices.device)[indices]
 
 
 def simulate(system: SystemConfig, indices, seed: int, split: str, device=None) -> SceneBatch:
@@ -117,7 +120,7 @@ def simulate(system: SystemConfig, indices, seed: int, split: str, device=None) 
     keys = rng.scene_keys(seed, split, idx)
     p = sample_scene_params(system, keys, idx)
     H = bs_ris_channel(system, keys, p.kappa)
-    codes = select_codes(system, keys)
+    codes = codes_from_indices(system, code_indices(system, keys))
 
     A = steering(system, p.azimuth_deg, p.elevation_deg, p.range_m)  # [B, K, N]
     L, kmax = system.num_snapshots, system.max_sources
