@@ -1,0 +1,165 @@
+"""Stochastic Cramér–Rao bound of (φ_k, θ_k, r_k) (system_model.md, "Physical limit"; baseline B3).
+
+Each coded snapshot is ``y_l ~ CN(0, C_l)`` with ``C_l = G_l A P A^H G_l^H + σ² I_M`` and
+``G_l = H·diag(c_l)``, independent over l, so the Slepian–Bangs formula sums over snapshots:
+
+    F_ij = Σ_l tr(C_l^{-1} ∂_i C_l C_l^{-1} ∂_j C_l).
+
+Powers P and noise σ² are known (the bound is therefore a lower bound on the bound with
+nuisance parameters). Parameter i = (k, a) with a ∈ {φ [deg], θ [deg], r [m]}; the steering
+derivatives come from ``torch.func.jacfwd`` of :func:`ris_dist.physics.steering` w.r.t. the
+angles *in degrees*, so the returned standard deviations are in degrees and metres directly.
+
+Closed form used (exact, no M×M derivative matrices): with b_k = G_l a_k, d_i = G_l ∂_a a_k,
+∂_i C_l = p_k (d_i b_k^H + b_k d_i^H), and Γ = U^H C_l^{-1} U for U = [b | d],
+
+    F_(k,a),(m,c) = 2 p_k p_m Σ_l Re[ Γ_bd[k,(m,c)] Γ_bd[m,(k,a)] + Γ_bb[k,m] Γ_dd[(m,c),(k,a)] ].
+
+Everything runs in float64/complex128 on the scenes' device, batched over scenes with the
+K_max slots kept: invalid slots have p_k = 0, so their rows/columns of F are zero and are
+replaced by the identity before inversion (block-diagonal, so the valid block's inverse is
+unaffected). F is Jacobi-scaled to unit diagonal and inverted by ``eigh``; a scene whose
+scaled F has condition number above ``1/RCOND`` (or a zero diagonal on a valid parameter) is
+treated as singular, and all its valid slots get ``inf``. Invalid slots are NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Protocol
+
+import torch
+from torch.func import jacfwd, vmap
+
+from .config import SystemConfig
+from .physics import steering
+
+log = logging.getLogger(__name__)
+
+RCOND = 1e-12
+"""Smallest eigenvalue ratio of the Jacobi-scaled Fisher matrix before it counts as singular."""
+
+# Stands in for padded source slots so the steering derivative stays finite; p_k = 0 there.
+_PLACEHOLDER = (0.0, 0.0, 1.0)
+
+
+class CrbScenes(Protocol):
+    """What :func:`crb` reads (a :class:`~ris_dist.physics.SceneBatch` fits)."""
+
+    H: torch.Tensor  # [B, M, N]
+    codes: torch.Tensor  # [B, L, N]
+    noise_var: torch.Tensor  # [B]
+    valid: torch.Tensor  # [B, K]
+    azimuth_deg: torch.Tensor
+    elevation_deg: torch.Tensor
+    range_m: torch.Tensor
+    powers: torch.Tensor  # [B, K] linear
+
+
+def steering_and_jacobian(system: SystemConfig, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steering ``a [S, N]`` and ``∂a/∂(φ_deg, θ_deg, r_m)`` ``[S, N, 3]`` for params ``[S, 3]`` (float64).
+
+    ``jacfwd`` wants real outputs, so it differentiates the (real, imag) view of ``a``.
+    """
+    def real_view(p: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_real(steering(system, p[0], p[1], p[2]))  # [N, 2]
+
+    with warnings.catch_warnings():
+        # torch's forward-AD decompositions still call torch.jit.script on first use (torch-internal).
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
+        jac = vmap(jacfwd(real_view))(params)  # [S, N, 2, 3]
+    a = torch.view_as_complex(vmap(real_view)(params).contiguous())
+    return a, torch.complex(jac[..., 0, :], jac[..., 1, :])
+
+
+def fisher(scenes: CrbScenes, system: SystemConfig) -> torch.Tensor:
+    """Fisher information ``[B, 3K, 3K]`` (float64), parameters ordered (k, a) with a fastest.
+
+    Rows/columns of invalid slots are zero.
+    """
+    valid = scenes.valid.bool()
+    bsz, kmax = valid.shape
+    f64 = dict(dtype=torch.float64, device=valid.device)
+    ph = torch.tensor(_PLACEHOLDER, **f64)
+    params = torch.stack([scenes.azimuth_deg, scenes.elevation_deg, scenes.range_m], -1).to(**f64)
+    params = torch.where(valid[..., None], params, ph)
+    a, da = steering_and_jacobian(system, params.reshape(-1, 3))
+    a = a.reshape(bsz, kmax, -1)  # [B, K, N]
+    da = da.reshape(bsz, kmax, -1, 3)  # [B, K, N, 3]
+
+    H = scenes.H.to(torch.complex128)
+    codes = scenes.codes.to(torch.complex128)
+    b = torch.einsum("bmn,bln,bkn->blmk", H, codes, a)  # G_l a_k  [B, L, M, K]
+    d = torch.einsum("bmn,bln,bkna->blmka", H, codes, da).flatten(-2)  # G_l ∂a  [B, L, M, 3K]
+    p = torch.where(valid, scenes.powers.to(torch.float64), torch.zeros((), **f64))
+    noise = scenes.noise_var.to(torch.float64)
+
+    M = H.shape[-2]
+    C = (b * p[:, None, None, :].to(b.dtype)) @ b.mH
+    C = C + noise[:, None, None, None] * torch.eye(M, dtype=C.dtype, device=C.device)
+    chol = torch.linalg.cholesky(C)  # C is Hermitian PD whenever σ² > 0
+    U = torch.cat([b, d], -1)  # [B, L, M, K + 3K]
+    gram = U.mH @ torch.cholesky_solve(U, chol)  # Γ = U^H C^{-1} U
+    g_bb = gram[..., :kmax, :kmax]  # [B, L, K, K]
+    g_bd = gram[..., :kmax, kmax:].unflatten(-1, (kmax, 3))  # [B, L, k, m, c]
+    g_dd = gram[..., kmax:, kmax:].unflatten(-1, (kmax, 3)).unflatten(-3, (kmax, 3))  # [B, L, m, c, k, a]
+
+    t1 = torch.einsum("blkmc,blmka->bkamc", g_bd, g_bd)
+    t2 = torch.einsum("blkm,blmcka->bkamc", g_bb, g_dd)
+    pp = (p[:, :, None, None, None] * p[:, None, None, :, None])  # p_k p_m
+    F = 2.0 * pp * (t1 + t2).real
+    F = F.reshape(bsz, 3 * kmax, 3 * kmax)
+    return 0.5 * (F + F.mT)  # exact symmetry; the two terms are symmetric only up to rounding
+
+
+def crb(scenes: CrbScenes, system: SystemConfig, batch_size: int = 1024) -> torch.Tensor:
+    """Per-source CRB standard deviations ``[B, K_max, 3]`` float64: (φ deg, θ deg, r m).
+
+    NaN in invalid slots; ``inf`` in every valid slot of a scene whose Fisher matrix is
+    singular (see module docstring). Computed in chunks of ``batch_size`` scenes.
+    """
+    n = int(scenes.valid.shape[0])
+    if n == 0:
+        return torch.empty(0, int(scenes.valid.shape[1]), 3, dtype=torch.float64, device=scenes.valid.device)
+    parts = []
+    for start in range(0, n, batch_size):
+        rows = slice(start, start + batch_size)
+        chunk = _Slice(scenes, rows)
+        parts.append(_crb_chunk(chunk, system))
+    return torch.cat(parts)
+
+
+class _Slice:
+    """A view of the fields :func:`fisher` reads, restricted to some scene rows."""
+
+    def __init__(self, scenes: CrbScenes, rows: slice) -> None:
+        for name in ("H", "codes", "noise_var", "valid", "azimuth_deg", "elevation_deg", "range_m", "powers"):
+            setattr(self, name, getattr(scenes, name)[rows])
+
+
+def _crb_chunk(scenes: CrbScenes, system: SystemConfig) -> torch.Tensor:
+    valid = scenes.valid.bool()
+    bsz, kmax = valid.shape
+    F = fisher(scenes, system)
+    pvalid = valid.repeat_interleave(3, dim=1)  # [B, 3K]
+    diag = torch.diagonal(F, dim1=-2, dim2=-1)
+    # A valid parameter that moves nothing (zero information) makes F singular.
+    dead = (pvalid & ~(diag > 0)).any(-1)
+    scale = torch.where(pvalid & (diag > 0), diag, torch.ones_like(diag)).rsqrt()
+    Fs = F * scale[:, :, None] * scale[:, None, :]
+    eye = torch.eye(3 * kmax, dtype=F.dtype, device=F.device)
+    both = pvalid[:, :, None] & pvalid[:, None, :]
+    Fs = torch.where(both, Fs, eye.expand_as(Fs))  # identity block for invalid slots
+    lam, vec = torch.linalg.eigh(Fs)
+    singular = dead | ~(lam[:, 0] > RCOND * lam[:, -1])
+    inv_lam = torch.where(lam > 0, 1.0 / lam.clamp_min(torch.finfo(lam.dtype).tiny), torch.full_like(lam, math.inf))
+    var_scaled = torch.einsum("bij,bj,bij->bi", vec, inv_lam, vec)  # diag of Fs^{-1}
+    std = torch.sqrt(var_scaled) * scale
+    std = torch.where(singular[:, None], torch.full_like(std, math.inf), std)
+    std = torch.where(pvalid, std, torch.full_like(std, math.nan))
+    if bool(singular.any()):
+        log.warning("CRB: %d of %d scenes have a singular Fisher matrix; their std is inf",
+                    int(singular.sum()), bsz)
+    return std.reshape(bsz, kmax, 3)

@@ -1,0 +1,344 @@
+"""Evaluate localization methods on a frozen test set against each other and the CRB.
+
+    python -m ris_dist.evaluate --system tiny --test-set DIR [--method b1|b2 ...] [--out DIR]
+
+Methods (system_model.md, "Baselines"): ``b1`` = MUSIC on R_samp with K̂ from MDL; ``b2`` =
+oracle MUSIC on R_true with the true K. More methods (the learned model) plug in through
+:data:`METHODS`, a registry of name → ``fn(batch, system) -> Estimates``. B3, the CRB, is
+computed once per scene and reported next to every RMSE.
+
+Writes to the output folder: ``results.json`` (overall, per-SNR-bin and per-range-bin
+metrics per method and the CRB summary; NaN is written as ``null`` and ±∞ as the strings
+``"inf"``/``"-inf"``), ``report.md`` (a table per method over SNR bins with RMSE and
+RMSE/√CRB for φ, θ, r, success and K_acc), ``rmse_vs_snr.png`` and ``success_vs_snr.png``.
+
+√CRB in a bin is the RMS of the per-source CRB standard deviations over the bin's matched
+true sources (the same sources that enter the RMSE). Sources whose CRB is infinite
+(singular Fisher matrix) are left out of that RMS and counted in ``crb_num_singular``.
+The B3 curve in the plots and the ``crb`` section use all valid true sources of the bin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .config import ConfigError, SystemConfig, load_system
+from .crb import crb
+from .localize.estimates import Estimates
+from .metrics import PerScene, aggregate, assign_bins, bin_index, check_edges, default_edges, per_scene
+from .physics import SceneBatch
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+PARAMS = (("az_deg", "φ", "deg"), ("el_deg", "θ", "deg"), ("range_m", "r", "m"))
+
+MethodFn = Callable[[SceneBatch, SystemConfig], Estimates]
+
+
+class EvaluateError(Exception):
+    """A user error in evaluation input (missing test set, unknown method, bad option). One line."""
+
+
+def music_b1(batch: SceneBatch, system: SystemConfig) -> Estimates:
+    """B1: MUSIC on R_samp, K̂ from MDL."""
+    from .localize import localize  # imported late: localize is heavier and optional for metrics-only use
+
+    return localize(batch.R_samp, system, num_sources=None, method="coarse_to_fine", order_method="mdl")
+
+
+def music_b2(batch: SceneBatch, system: SystemConfig) -> Estimates:
+    """B2: oracle MUSIC on R_true with the true K."""
+    from .localize import localize
+
+    return localize(batch.R_true, system, num_sources=batch.num_sources, method="coarse_to_fine",
+                    order_method="mdl")
+
+
+METHODS: dict[str, MethodFn] = {"b1": music_b1, "b2": music_b2}
+"""Registry of evaluation methods; add the learned model here (name → fn(batch, system))."""
+
+
+def parse_methods(specs: Sequence[str] | None) -> list[str]:
+    """``["b1", "b2,b1"]`` → ``["b1", "b2"]`` (order kept, duplicates dropped); default all registered."""
+    if not specs:
+        return list(METHODS)
+    names: list[str] = []
+    for spec in specs:
+        for name in (part.strip().lower() for part in spec.split(",")):
+            if not name:
+                continue
+            if name not in METHODS:
+                raise EvaluateError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise EvaluateError("no method given")
+    return names
+
+
+def _resolve(methods: Sequence[str] | Mapping[str, MethodFn]) -> dict[str, MethodFn]:
+    if isinstance(methods, Mapping):
+        return dict(methods)
+    return {name: METHODS[name] for name in parse_methods(list(methods))}
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x ** 2))) if x.size else math.nan
+
+
+def _crb_stats(crb_rows: np.ndarray) -> dict[str, float]:
+    """RMS of CRB std per parameter over rows ``[S, 3]``, finite ones only; count the rest."""
+    finite = np.isfinite(crb_rows).all(-1)
+    out: dict[str, float] = {"crb_num_sources": int(crb_rows.shape[0]), "crb_num_singular": int((~finite).sum())}
+    for a, (key, _, _) in enumerate(PARAMS):
+        out[f"crb_{key}"] = _rms(crb_rows[finite, a])
+    return out
+
+
+def _with_crb(metrics: dict[str, Any], pair_crb: np.ndarray) -> dict[str, Any]:
+    """Add √CRB over the matched true sources and RMSE/√CRB per parameter."""
+    metrics.update(_crb_stats(pair_crb))
+    for key, _, _ in PARAMS:
+        rmse, bound = metrics[f"rmse_{key}"], metrics[f"crb_{key}"]
+        metrics[f"ratio_{key}"] = rmse / bound if bound > 0 else math.nan
+    return metrics
+
+
+def _tables(ps: PerScene, pair_crb: np.ndarray, system: SystemConfig, by: str,
+            edges: np.ndarray) -> list[dict[str, Any]]:
+    scene_bin, pair_bin = assign_bins(ps, by, edges)
+    rows = []
+    for i in range(edges.size - 1):
+        row: dict[str, Any] = {"by": by, "lo": float(edges[i]), "hi": float(edges[i + 1])}
+        row.update(aggregate(ps, system, scene_mask=scene_bin == i, pair_mask=pair_bin == i))
+        rows.append(_with_crb(row, pair_crb[pair_bin == i]))
+    return rows
+
+
+def _crb_tables(std: np.ndarray, snr: np.ndarray, rng_m: np.ndarray, snr_edges: np.ndarray,
+                range_edges: np.ndarray) -> dict[str, Any]:
+    """B3 summary over all valid true sources: ``std [S, 3]``, each source's scene SNR and true range."""
+    out: dict[str, Any] = {"overall": _crb_stats(std), "by_snr": [], "by_range": []}
+    for key, values, edges in (("by_snr", snr, snr_edges), ("by_range", rng_m, range_edges)):
+        b = bin_index(values, edges)
+        for i in range(edges.size - 1):
+            out[key].append({"lo": float(edges[i]), "hi": float(edges[i + 1]), **_crb_stats(std[b == i])})
+    return out
+
+
+def evaluate_methods(batches: Iterable[SceneBatch], system: SystemConfig,
+                     methods: Sequence[str] | Mapping[str, MethodFn], out_dir: str | Path | None,
+                     snr_edges: Sequence[float] | None = None,
+                     range_edges: Sequence[float] | None = None) -> dict[str, Any]:
+    """Run every method on every batch, score against truth and the CRB, write the report.
+
+    ``methods`` are registry names or a name → function mapping. With ``out_dir`` None
+    nothing is written. Returns the ``results.json`` content (with NaN, not null).
+    """
+    fns = _resolve(methods)
+    snr_e = default_edges("snr_db", system) if snr_edges is None else check_edges(snr_edges)
+    rng_e = default_edges("range_m", system) if range_edges is None else check_edges(range_edges)
+    parts: dict[str, list[PerScene]] = {name: [] for name in fns}
+    pair_crb: dict[str, list[np.ndarray]] = {name: [] for name in fns}
+    seconds = {name: 0.0 for name in fns}
+    all_crb, all_snr, all_range = [], [], []
+    num_scenes = 0
+    for batch in batches:
+        std = crb(batch, system).cpu().numpy()  # [B, K_max, 3]
+        valid = batch.valid.cpu().numpy()
+        all_crb.append(std[valid])
+        all_snr.append(np.broadcast_to(batch.snr_db.cpu().numpy()[:, None], valid.shape)[valid])
+        all_range.append(batch.range_m.cpu().numpy()[valid])
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            est = fn(batch, system)
+            seconds[name] += time.perf_counter() - t0
+            ps = per_scene(est, batch, system)
+            parts[name].append(ps)
+            pair_crb[name].append(std[ps.pair_scene, ps.pair_true_slot])
+        num_scenes += len(batch)
+        log.info("evaluated %d scenes", num_scenes)
+    if num_scenes == 0:
+        raise EvaluateError("the test set holds no scenes")
+
+    results: dict[str, Any] = {
+        "system": system.name, "num_scenes": num_scenes,
+        "snr_edges_db": snr_e.tolist(), "range_edges_m": rng_e.tolist(), "methods": {},
+        "crb": _crb_tables(np.concatenate(all_crb), np.concatenate(all_snr), np.concatenate(all_range),
+                           snr_e, rng_e),
+    }
+    for name in fns:
+        ps = PerScene.cat(parts[name])
+        pc = np.concatenate(pair_crb[name])
+        results["methods"][name] = {
+            "seconds": seconds[name],
+            "overall": _with_crb(aggregate(ps, system), pc),
+            "by_snr": _tables(ps, pc, system, "snr_db", snr_e),
+            "by_range": _tables(ps, pc, system, "range_m", rng_e),
+        }
+    if out_dir is not None:
+        write_outputs(results, Path(out_dir))
+    return results
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        if math.isnan(x):
+            return None
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """The ``report.md`` text: per method, a table over SNR bins plus the overall row."""
+    head = ["SNR (dB)", "scenes", "K_acc", "success"]
+    for key, sym, unit in PARAMS:
+        head += [f"RMSE {sym} ({unit})", f"RMSE/√CRB {sym}"]
+    head.append("k_loc")
+    lines = [f"# Evaluation: system `{results['system']}`, {results['num_scenes']} scenes", "",
+             "√CRB: RMS of the per-source CRB std over the matched true sources of the row "
+             "(stochastic CRB, known powers and noise).", ""]
+
+    def row(label: str, m: dict[str, Any]) -> str:
+        cells = [label, str(m["num_scenes"]), _fmt(m["K_acc"]), _fmt(m["success"])]
+        for key, _, _ in PARAMS:
+            cells += [_fmt(m[f"rmse_{key}"]), _fmt(m[f"ratio_{key}"])]
+        cells.append(_fmt(m["k_loc"]))
+        return "| " + " | ".join(cells) + " |"
+
+    for name, res in results["methods"].items():
+        lines += [f"## Method `{name}` ({res['seconds']:.1f} s)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += [row(f"[{m['lo']:g}, {m['hi']:g})", m) for m in res["by_snr"]]
+        lines += [row("**all**", res["overall"]), ""]
+    c = results["crb"]["overall"]
+    lines += ["## B3: CRB over all true sources", "",
+              f"RMS √CRB: φ {_fmt(c['crb_az_deg'])}°, θ {_fmt(c['crb_el_deg'])}°, r {_fmt(c['crb_range_m'])} m "
+              f"over {c['crb_num_sources']} sources ({c['crb_num_singular']} singular, left out).", ""]
+    return "\n".join(lines)
+
+
+def _plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on CI or compute nodes
+    import matplotlib.pyplot as plt
+
+    centers = [(r["lo"] + r["hi"]) / 2 for r in results["crb"]["by_snr"]]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, sym, unit) in zip(axes, PARAMS):
+        for name, res in results["methods"].items():
+            ax.semilogy(centers, [r[f"rmse_{key}"] for r in res["by_snr"]], "o-", label=f"{name} RMSE")
+        ax.semilogy(centers, [r[f"crb_{key}"] for r in results["crb"]["by_snr"]], "k--", label="√CRB (B3)")
+        ax.set(xlabel="SNR (dB)", ylabel=f"{sym} ({unit})", title=f"RMSE {sym} vs SNR")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    paths = [out_dir / "rmse_vs_snr.png"]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for i, (name, res) in enumerate(results["methods"].items()):
+        ax.plot(centers, [r["success"] for r in res["by_snr"]], "o-", color=f"C{i}", label=f"{name} success")
+        ax.plot(centers, [r["K_acc"] for r in res["by_snr"]], "x:", color=f"C{i}", label=f"{name} K_acc")
+    ax.set(xlabel="SNR (dB)", ylabel="fraction of scenes", ylim=(-0.02, 1.02), title="Success vs SNR")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "success_vs_snr.png")
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write results.json, report.md and the PNG plots into ``out_dir``; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res_path = out_dir / "results.json"
+    res_path.write_text(json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+    md_path = out_dir / "report.md"
+    md_path.write_text(markdown_report(results))
+    return [res_path, md_path, *_plots(results, out_dir)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ris_dist.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--system", default=None,
+                   help="system config name or YAML; must match the test set's (default: the test set's)")
+    p.add_argument("--test-set", required=True, help="frozen split folder (python -m ris_dist.data generate)")
+    p.add_argument("--method", action="append", default=None,
+                   help=f"method(s), repeatable or comma-separated (known: {', '.join(METHODS)}; default all)")
+    p.add_argument("--out", default=None, help="output folder (default reports/<system>-<timestamp>)")
+    p.add_argument("--batch-size", type=int, default=256, help="scenes per batch")
+    p.add_argument("--device", default=None, help="torch device for the methods and the CRB (default cpu)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return p
+
+
+def _run(args: argparse.Namespace) -> list[Path]:
+    from .data import load_split
+
+    methods = parse_methods(args.method)
+    if args.batch_size < 1:
+        raise EvaluateError(f"--batch-size must be >= 1, got {args.batch_size}")
+    test_dir = Path(args.test_set)
+    if not test_dir.is_dir():
+        raise EvaluateError(f"--test-set {test_dir}: no such directory")
+    split = load_split(test_dir)
+    system = split.system
+    if args.system is not None:
+        wanted = load_system(args.system)
+        if wanted != system:
+            raise EvaluateError(f"--system {args.system!r} differs from the system the test set {test_dir} "
+                                f"was generated with ({system.name!r})")
+    out = Path(args.out) if args.out else Path("reports") / f"{system.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if out.exists() and not out.is_dir():
+        raise EvaluateError(f"--out {out}: exists and is not a directory")
+    results = evaluate_methods(split.batches(args.batch_size, device=args.device), system, methods, out_dir=None)
+    return write_outputs(results, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .data import DataError
+
+    try:
+        paths = _run(args)
+    except (EvaluateError, DataError, ConfigError) as err:
+        # Expected user-facing failures: one line, exit 2. Anything else is a bug and propagates.
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
