@@ -1,0 +1,173 @@
+"""Backends: how to run backward, read the global grad norm, step and skip.
+
+Plain torch (one process or DDP, optional fp16 GradScaler) and DeepSpeed (ZeRO 1/2/3) expose
+the same four operations, so the training loop and the gate are written once. Under
+DeepSpeed the engine is driven directly, because Accelerate's ``backward`` would also call
+``engine.step()`` and no gate could veto it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+from .gate import total_grad_norm
+
+
+def using_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def make_accelerator() -> Accelerator:
+    """An Accelerator that shards across processes on CPU (gloo) as well as on GPUs (NCCL).
+
+    On CPU, Accelerate needs an explicit gloo process group (with DeepSpeed) and
+    ``cpu=True`` (with DDP); without them every rank runs alone and nothing syncs.
+    """
+    cuda = torch.cuda.is_available()
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if multi_process and not cuda else []
+    if using_deepspeed():
+        return Accelerator(kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
+    return Accelerator(cpu=not cuda, kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
+
+
+def _all_reduce_max_(t: torch.Tensor) -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+
+class TorchBackend:
+    """One process or DDP. fp16 uses a GradScaler whose found_inf is MAX-reduced every step."""
+
+    name = "torch"
+
+    def __init__(self, accelerator: Accelerator, model, optimizer, amp_dtype: str, init_scale: float):
+        self.accelerator = accelerator
+        self.model = model
+        self.optimizer = optimizer
+        self.device_type = accelerator.device.type
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_dtype]
+        self.scaler = torch.amp.GradScaler(self.device_type, init_scale=init_scale) if amp_dtype == "fp16" else None
+
+    @property
+    def is_ddp(self) -> bool:
+        return self.accelerator.distributed_type == DistributedType.MULTI_CPU or (
+            self.accelerator.num_processes > 1)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def no_sync(self, last_micro_step: bool):
+        """Skip DDP's all-reduce on micro-steps that are not an accumulation boundary."""
+        if last_micro_step or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def grad_norm_and_found_inf(self) -> tuple[torch.Tensor, torch.Tensor]:
+        found_inf = torch.zeros(())
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+            # Per-rank found_inf would let ranks update their scales differently; make the
+            # scaler's own record global so scaler.step/update agree everywhere.
+            state = self.scaler._per_optimizer_states[id(self.optimizer)]
+            for flag in state["found_inf_per_device"].values():
+                _all_reduce_max_(flag)
+                found_inf = torch.maximum(found_inf, flag.detach().cpu().reshape(()))
+        return total_grad_norm(self.model.parameters()), found_inf
+
+    def inject_nonfinite(self, value: float) -> None:
+        """Corrupt this rank's gradients after the DDP sync: the case DDP cannot catch."""
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.fill_(value)
+                return
+
+    def step(self, grad_clip: float) -> None:
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+        else:
+            self.optimizer.step()
+
+    def skip(self) -> None:
+        pass  # finish_step zeroes the grads either way
+
+    def finish_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def loss_scale(self) -> float | None:
+        return float(self.scaler.get_scale()) if self.scaler is not None else None
+
+
+class DeepSpeedBackend:
+    """ZeRO 1/2/3 through the engine: backward, global norm over partitions, decide, step or zero."""
+
+    name = "deepspeed"
+
+    def __init__(self, accelerator: Accelerator, engine):
+        self.accelerator = accelerator
+        self.engine = engine
+        self.model = engine
+        self.scaler = None
+        self._found_inf = False
+
+    def autocast(self):
+        return contextlib.nullcontext()  # the engine casts according to its JSON
+
+    def no_sync(self, last_micro_step: bool):
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def parameters(self):
+        return self.engine.module.parameters()
+
+    def grad_norm_and_found_inf(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from deepspeed.utils import safe_get_full_grad
+
+        # safe_get_full_grad is a collective under ZeRO-3: every rank, every param, same order.
+        squares = torch.zeros((), dtype=torch.float64)
+        for p in self.engine.module.parameters():
+            g = safe_get_full_grad(p)
+            if g is not None:
+                squares = squares + torch.linalg.vector_norm(g.detach().double()).cpu() ** 2
+        norm = torch.sqrt(squares)
+        # DeepSpeed's own overflow check (fp16/bf16) sees exactly this non-finite norm.
+        found = torch.tensor(float(not math.isfinite(float(norm)) and self.engine.fp16_enabled()))
+        return norm, found
+
+    def inject_nonfinite(self, value: float) -> None:
+        raise RuntimeError("DeepSpeed fault injection goes through the loss (see Trainer)")
+
+    def step(self, grad_clip: float) -> None:
+        self.engine.step()
+
+    def finish_step(self) -> None:
+        pass
+
+    def skip(self) -> None:
+        self.engine.optimizer.zero_grad(set_to_none=True)
+
+    def loss_scale(self) -> float | None:
+        opt = self.engine.optimizer
+        scale = getattr(opt, "cur_scale", None) or getattr(getattr(opt, "loss_scaler", None), "cur_scale", None)
+        return float(scale) if scale is not None else None

@@ -1,0 +1,304 @@
+"""The training config: one typed dataclass per section, loaded from a phase YAML plus overrides.
+
+Loss weights have no defaults but 0: a weight the phase config does not name is 0, and the
+resolved config (every value, defaults included) is saved in the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..config.schema import ConfigError, apply_overrides, build, check, parse_overrides, read_yaml, to_dict
+from ..config.system import resolve_named
+from ..losses import LossConfig
+from ..model.config import MODEL_PRESETS, ModelConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_scenes: int = 4096
+    """Scenes per training epoch (global indices 0..train_scenes-1 of train_split)."""
+    val_scenes: int = 512
+    """Validation scenes (global indices 0..val_scenes-1 of val_split)."""
+    train_split: str = "train"
+    val_split: str = "val"
+    """Phase 0 sets val_split = train_split with the same counts: identical sets (overfit smoke test)."""
+    seed: int = 0
+    """Dataset seed: a scene is a pure function of (seed, split, index)."""
+    batch_size: int = 64
+    """GLOBAL batch size: split across ranks, so 1 or N processes see the same scene stream and loss."""
+    val_batch_size: int = 128
+    shuffle: bool = True
+    generate_on_device: bool = True
+    """Simulate scenes directly on the training device (no loader workers to starve a GPU)."""
+
+    def __post_init__(self) -> None:
+        for key in ("train_scenes", "val_scenes", "batch_size", "val_batch_size"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    """Backbone learning rate (peak)."""
+    head_lr_mult: float = 4.0
+    """Head LR = lr x head_lr_mult."""
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 0.0
+    """Clip the global grad norm to this value after the gate accepts a step; 0 = off."""
+    warmup_steps: int = 0
+    warmup_floor: float = 0.1
+    """LR multiplier at step 0 of warmup; > 0 so the first steps move the weights."""
+    min_lr_ratio: float = 0.05
+    """Cosine decays to lr x min_lr_ratio at the last step."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; the gate decides only at the accumulation boundary."""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "must be > 0")
+        check(self.head_lr_mult > 0, "head_lr_mult", self.head_lr_mult, "must be > 0")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(all(0 <= b < 1 for b in self.betas), "betas", self.betas, "must be in [0, 1)")
+        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0")
+        check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
+        check(0 < self.warmup_floor <= 1, "warmup_floor", self.warmup_floor, "must be in (0, 1]")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        check(self.grad_accum_steps >= 1, "grad_accum_steps", self.grad_accum_steps, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RampConfig:
+    """A loss weight's multiplier: 0 before start_step, linear to 1 over ramp_steps."""
+
+    start_step: int = 0
+    ramp_steps: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.start_step >= 0, "start_step", self.start_step, "must be >= 0")
+        check(self.ramp_steps >= 0, "ramp_steps", self.ramp_steps, "must be >= 0")
+
+    def factor(self, step: int) -> float:
+        if step < self.start_step:
+            return 0.0
+        if self.ramp_steps == 0:
+            return 1.0
+        return min(1.0, (step - self.start_step + 1) / self.ramp_steps)
+
+
+@dataclass(frozen=True)
+class BetaConfig:
+    """β of R_eff = (1-β)R_pred + βR_samp: linear from start to end over ramp_steps."""
+
+    start: float = 0.0
+    end: float = 0.0
+    ramp_steps: int = 0
+
+    def __post_init__(self) -> None:
+        check(0 <= self.start <= 1, "start", self.start, "must be in [0, 1]")
+        check(0 <= self.end <= 1, "end", self.end, "must be in [0, 1]")
+        check(self.ramp_steps >= 0, "ramp_steps", self.ramp_steps, "must be >= 0")
+
+    def value(self, step: int) -> float:
+        if self.ramp_steps == 0:
+            return self.end
+        t = min(1.0, step / self.ramp_steps)
+        return self.start + (self.end - self.start) * t
+
+
+@dataclass(frozen=True)
+class AmpConfig:
+    dtype: Literal["none", "bf16", "fp16"] = "none"
+    """Autocast dtype. fp16 uses a GradScaler whose found_inf is all-reduced across ranks."""
+    init_scale: float = 2.0**16
+
+    def __post_init__(self) -> None:
+        check(self.init_scale > 0, "init_scale", self.init_scale, "must be > 0")
+
+
+@dataclass(frozen=True)
+class AveragingConfig:
+    """EMA or SWA of the weights (off by default)."""
+
+    enabled: bool = False
+    decay: float = 0.999
+    """EMA only: decay per optimizer step."""
+    start_step: int = 0
+    """SWA only: first step that enters the running average."""
+
+    def __post_init__(self) -> None:
+        check(0 < self.decay < 1, "decay", self.decay, "must be in (0, 1)")
+        check(self.start_step >= 0, "start_step", self.start_step, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    every_steps: int = 0
+    """Validate every N optimizer steps; 0 = once per epoch."""
+    localize: bool = False
+    """Also run MUSIC (localize) and the localization metrics."""
+    k_source: Literal["head", "mdl", "oracle"] = "mdl"
+    """Where K̂ comes from when localizing: the model's K head, MDL, or the true K."""
+    primary: Literal["loss", "k_loc"] = "loss"
+    """Metric that picks the best checkpoint (loss: lower is better; k_loc: higher)."""
+    patience: int = 0
+    """Early stop after this many validations without improvement; 0 = never."""
+
+    def __post_init__(self) -> None:
+        check(self.every_steps >= 0, "every_steps", self.every_steps, "must be >= 0")
+        check(self.patience >= 0, "patience", self.patience, "must be >= 0")
+        check(not (self.primary == "k_loc" and not self.localize), "primary", self.primary,
+              "k_loc needs val.localize: true")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Phase acceptance gate, written to gate.json at the end of the run."""
+
+    enforce: bool = True
+    """A failed gate makes the process exit non-zero."""
+    max_val_nmse: float = 0.0
+    """Phase 0: final validation NMSE must be <= this; 0 disables the criterion."""
+    selftest_tol: float = 1e-4
+    """|nmse(R,R)|, |nmse(0,R) - 1| and |oracle| must be <= this."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 0
+    """Save a resumable checkpoint every N optimizer steps; 0 = only at the end."""
+    keep_last: int = 2
+    resume: bool = True
+    """Resume from the latest valid checkpoint in the run folder if there is one."""
+
+    def __post_init__(self) -> None:
+        check(self.every_steps >= 0, "every_steps", self.every_steps, "must be >= 0")
+        check(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class InjectConfig:
+    """Replace this rank's gradients with a non-finite value at the given optimizer steps."""
+
+    ranks: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    value: Literal["inf", "nan"] = "inf"
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    inject_nonfinite_grad: InjectConfig = field(default_factory=InjectConfig)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every_steps: int = 10
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.every_steps >= 1, "every_steps", self.every_steps, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    phase: str
+    """Phase name; the run writes runs/<run_name>/<phase>/."""
+    mode: Literal["standard", "pure_overfit"] = "standard"
+    """pure_overfit asserts beta=0, lam_cov=1, all other weights 0, no decay/dropout/AMP/EMA/SWA."""
+    run_name: str = "default"
+    output_dir: str = "runs"
+    system: str = "tiny"
+    """System config name (tiny, full) or YAML path."""
+    system_overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    """Seed of model initialization and dropout (the data has its own, data.seed)."""
+    epochs: int = 1
+    max_steps: int = 0
+    """Stop after this many optimizer steps (smoke runs); 0 = run all epochs."""
+    init_from: str = ""
+    """Checkpoint folder whose model weights initialize this run (ignored when resuming)."""
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(**MODEL_PRESETS["tiny"]))
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ramps: dict[str, RampConfig] = field(default_factory=dict)
+    """Per-weight ramps keyed by weight name (lam_k, lam_gap, ...)."""
+    beta: BetaConfig = field(default_factory=BetaConfig)
+    amp: AmpConfig = field(default_factory=AmpConfig)
+    ema: AveragingConfig = field(default_factory=AveragingConfig)
+    swa: AveragingConfig = field(default_factory=AveragingConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.run_name) and "/" not in self.run_name and not self.run_name.startswith("."),
+              "run_name", self.run_name, "must be a plain folder name")
+        check(bool(self.phase) and "/" not in self.phase, "phase", self.phase, "must be a plain folder name")
+        check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        check(self.max_steps >= 0, "max_steps", self.max_steps, "must be >= 0")
+        weight_names = {f.name for f in dataclasses.fields(self.loss.weights)}
+        for name in self.ramps:
+            check(name in weight_names, f"ramps.{name}", name, f"not a loss weight ({', '.join(sorted(weight_names))})")
+        if self.mode == "pure_overfit":
+            check_pure_overfit(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name / self.phase
+
+
+def check_pure_overfit(cfg: TrainConfig) -> None:
+    """Refuse a 'pure' run with any hidden non-zero term; the message names the key."""
+    w = cfg.loss.weights
+
+    def need(ok: bool, key: str, value: Any, want: str) -> None:
+        if not ok:
+            raise ConfigError(f"mode=pure_overfit: {key} must be {want} (got {value!r})")
+
+    need(cfg.beta.start == 0 and cfg.beta.end == 0, "beta", (cfg.beta.start, cfg.beta.end), "0")
+    need(w.lam_cov == 1.0, "loss.weights.lam_cov", w.lam_cov, "1")
+    for f in dataclasses.fields(w):
+        if f.name != "lam_cov":
+            need(getattr(w, f.name) == 0.0, f"loss.weights.{f.name}", getattr(w, f.name), "0")
+    need(cfg.optim.weight_decay == 0.0, "optim.weight_decay", cfg.optim.weight_decay, "0")
+    need(cfg.model.dropout == 0.0, "model.dropout", cfg.model.dropout, "0")
+    need(cfg.amp.dtype == "none", "amp.dtype", cfg.amp.dtype, "'none'")
+    need(not cfg.ema.enabled, "ema.enabled", cfg.ema.enabled, "false")
+    need(not cfg.swa.enabled, "swa.enabled", cfg.swa.enabled, "false")
+
+
+def _expand_model_preset(data: dict[str, Any], where: str) -> dict[str, Any]:
+    model = data.get("model")
+    if isinstance(model, dict) and "preset" in model:
+        model = dict(model)
+        preset = model.pop("preset")
+        if preset not in MODEL_PRESETS:
+            raise ConfigError(f"{where}model.preset: unknown preset {preset!r} (known: {', '.join(MODEL_PRESETS)})")
+        data = {**data, "model": {**MODEL_PRESETS[preset], **model}}
+    return data
+
+
+def load_train_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """Load a phase YAML (a name like ``phase0`` or a path) and apply ``dotted.key=value`` overrides."""
+    path = Path(path) if str(path).endswith((".yaml", ".yml")) else resolve_named(".", str(path))
+    if isinstance(overrides, dict):
+        parsed = overrides
+    else:
+        parsed = parse_overrides(overrides or [])
+    data = apply_overrides(read_yaml(path), parsed)
+    where = f"{path}: "
+    return build(TrainConfig, _expand_model_preset(data, where), where=where)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

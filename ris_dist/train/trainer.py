@@ -1,0 +1,359 @@
+"""The training loop. One code path for one process, DDP and DeepSpeed.
+
+Per optimizer step: (micro-batches of) forward + backward, the global grad norm and AMP
+found_inf from the backend, ONE gate decision shared by all ranks, then either a real
+step followed by exactly one scheduler tick, or a skip that zeroes the gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import load_system
+from ..data.sampler import GlobalIndexStream
+from ..dist.backend import DeepSpeedBackend, TorchBackend, make_accelerator, using_deepspeed
+from ..dist.gate import GateDecision, step_gate
+from ..dist.preempt import PreemptionFlag
+from ..losses import LossWeights, compute_loss, format_selftest, selftest
+from ..model import build_model
+from ..physics import simulate
+from . import checkpoint as ckpt
+from .config import TrainConfig, dump_config
+from .monitor import Monitor, setup_logging
+from .phase_gate import evaluate_phase_gate
+from .schedule import build_optimizer, build_scheduler
+from .validate import make_val_loader, validate
+
+logger = logging.getLogger("ris_dist.train")
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 3
+#: Exit code after a preemption signal: a checkpoint was saved, requeue the job.
+EXIT_REQUEUE = 75
+
+
+@dataclasses.dataclass
+class TrainerState:
+    step: int = 0
+    """Gate decisions taken (optimizer-step attempts)."""
+    real_steps: int = 0
+    """Steps the gate accepted; the scheduler has ticked exactly this often."""
+    skipped: dict[str, int] = dataclasses.field(default_factory=lambda: {"nonfinite": 0, "zero": 0, "found_inf": 0})
+    epoch: int = 0
+    position: int = 0
+    """Scenes of the current epoch consumed globally (the index stream's resume point)."""
+    best_metric: float | None = None
+    best_step: int = 0
+    evals_since_best: int = 0
+
+
+def _digest(model) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.accelerator = make_accelerator()
+        acc = self.accelerator
+        setup_logging(acc.is_main_process, acc.process_index)
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.system = load_system(cfg.system, **cfg.system_overrides)
+        torch.manual_seed(cfg.seed)
+        model = build_model(self.system, cfg.model)
+        counts = model.count_parameters()
+        optimizer = build_optimizer(model, cfg.optim)
+        self.world = acc.num_processes
+        self.global_batch = cfg.data.batch_size
+        if self.global_batch < self.world:
+            raise ValueError(f"data.batch_size={self.global_batch} (global) is smaller than the world size {self.world}")
+        steps_per_epoch = math.ceil(cfg.data.train_scenes / (self.global_batch * cfg.optim.grad_accum_steps))
+        self.total_steps = steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.optim)
+        if cfg.init_from:
+            model.load_state_dict(ckpt.load_weights(Path(cfg.init_from)))
+        if using_deepspeed():
+            ds_cfg = acc.state.deepspeed_plugin.deepspeed_config
+            ds_cfg["train_micro_batch_size_per_gpu"] = math.ceil(self.global_batch / self.world)
+            ds_cfg["gradient_accumulation_steps"] = 1
+            ds_cfg["train_batch_size"] = ds_cfg["train_micro_batch_size_per_gpu"] * self.world
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if using_deepspeed():
+            self.backend = DeepSpeedBackend(acc, self.model)
+        else:
+            self.backend = TorchBackend(acc, self.model, self.optimizer, cfg.amp.dtype, cfg.amp.init_scale)
+        acc.register_for_checkpointing(self.scheduler)
+        self.ema = self._averaged(model, cfg.ema, ema=True)
+        self.swa = self._averaged(model, cfg.swa, ema=False)
+        self.state = TrainerState()
+        self.monitor = Monitor(self.run_dir, acc.is_main_process)
+        self.stream = GlobalIndexStream(cfg.data.train_scenes, cfg.data.seed, cfg.data.shuffle)
+        self.val_loader = make_val_loader(acc, cfg.data.val_scenes, cfg.data.val_batch_size)
+        self.preempt = PreemptionFlag()
+        self.selftest: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
+        self.first_val: dict[str, float] = {}
+        self._last_val_step = -1
+        self._log_startup(counts)
+
+    # -- setup helpers -------------------------------------------------------------
+    def _averaged(self, model, avg_cfg, ema: bool):
+        if not avg_cfg.enabled:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        fn = get_ema_multi_avg_fn(avg_cfg.decay) if ema else None
+        averaged = AveragedModel(model, multi_avg_fn=fn, use_buffers=True)
+        self.accelerator.register_for_checkpointing(averaged)
+        return averaged
+
+    def _log_startup(self, counts: dict[str, int]) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        lr, mult = cfg.optim.lr, cfg.optim.head_lr_mult
+        logger.info("run %s phase %s on %d process(es), backend=%s, device=%s", cfg.run_name, cfg.phase,
+                    self.world, self.backend.name, acc.device)
+        logger.info("Backbone: %.1fM @ LR=%.2e", counts["backbone"] / 1e6, lr)
+        logger.info("Head: %.1fM @ LR=%.2e (%.1f×)", counts["head"] / 1e6, lr * mult, mult)
+        weights = dataclasses.asdict(cfg.loss.weights)
+        logger.info("[WEIGHTS] %s beta=%.3f->%.3f", " ".join(f"{k}={v:g}" for k, v in weights.items()),
+                    cfg.beta.start, cfg.beta.end)
+        self.monitor.scalars(0, {**weights, "beta": cfg.beta.value(0)}, "weights")
+        self.monitor.text("config", "```\n" + dump_config(cfg) + "\n```")
+
+    # -- the step ----------------------------------------------------------------
+    def _weights_at(self, step: int) -> LossWeights:
+        base = self.cfg.loss.weights
+        ramped = {f.name: getattr(base, f.name) * (self.cfg.ramps[f.name].factor(step) if f.name in self.cfg.ramps
+                                                  else 1.0) for f in dataclasses.fields(base)}
+        return LossWeights(**ramped)
+
+    def _inject_value(self, step: int) -> float | None:
+        inj = self.cfg.debug.inject_nonfinite_grad
+        if step in inj.steps and self.accelerator.process_index in inj.ranks:
+            return float(inj.value)
+        return None
+
+    def _micro_step(self, local_indices: torch.Tensor, global_count: int, weights: LossWeights, beta: float,
+                    last: bool, inject: float | None) -> dict[str, float]:
+        cfg, acc = self.cfg, self.accelerator
+        n_local = int(local_indices.numel())
+        # A rank with no scenes in a short global batch still joins DDP's all-reduce, with weight 0.
+        indices = local_indices if n_local else torch.zeros(1, dtype=torch.int64)
+        batch = simulate(self.system, indices, cfg.data.seed, cfg.data.train_split, device=acc.device)
+        with self.backend.no_sync(last):
+            with self.backend.autocast():
+                out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
+            result = compute_loss(out, batch, self.system, beta, cfg.loss, weights)
+            # Sum over this rank's scenes / global count: DDP's mean over ranks then equals the
+            # global-batch mean on any world size. The 0·logits term keeps every parameter in
+            # the graph so DDP never waits for gradients of an unused head.
+            share = n_local * self.world / (global_count * cfg.optim.grad_accum_steps)
+            loss = result.total * share + 0.0 * out.k_logits.float().sum()
+            if inject is not None and isinstance(self.backend, DeepSpeedBackend):
+                loss = loss * inject
+            self.backend.backward(loss)
+        raw = {k: float(v.detach()) for k, v in result.raw.items()}
+        weighted = {f"w_{k}": float(v.detach()) for k, v in result.weighted.items()}
+        return raw | weighted | {"total": float(result.total.detach())}
+
+    def _optimizer_step(self, micro_batches: list[tuple[torch.Tensor, int]]) -> tuple[GateDecision, dict[str, float],
+                                                                                       float]:
+        cfg = self.cfg
+        step = self.state.step + 1
+        weights, beta = self._weights_at(step), cfg.beta.value(step)
+        inject = self._inject_value(step)
+        losses: dict[str, float] = {}
+        for i, (local, global_count) in enumerate(micro_batches):
+            out = self._micro_step(local, global_count, weights, beta, last=i == len(micro_batches) - 1,
+                                   inject=inject)
+            for k, v in out.items():
+                losses[k] = losses.get(k, 0.0) + v / len(micro_batches)
+        if inject is not None and isinstance(self.backend, TorchBackend):
+            self.backend.inject_nonfinite(inject)
+        grad_norm, found_inf = self.backend.grad_norm_and_found_inf()
+        decision = step_gate(grad_norm, found_inf)
+        log_now = step % cfg.log.every_steps == 0 or step == 1
+        before = [p.detach().clone() for p in self.backend.parameters()] if log_now and decision.step else None
+        if decision.step:
+            self.backend.step(cfg.optim.grad_clip)
+            self.scheduler.step()
+            self.state.real_steps += 1
+            for averaged in (self.ema, self.swa):
+                if averaged is not None and (averaged is self.ema or step >= cfg.swa.start_step):
+                    averaged.update_parameters(self.accelerator.unwrap_model(self.model))
+        else:
+            self.backend.skip()
+            self.state.skipped[decision.reason] += 1
+        self.backend.finish_step()
+        delta = 0.0
+        if before is not None:
+            delta = float(torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(self.backend.parameters(),
+                                                                                         before))))
+        self.state.step = step
+        return decision, losses | {"beta": beta, **{k: v for k, v in dataclasses.asdict(weights).items()}}, delta
+
+    # -- the loop ----------------------------------------------------------------
+    def run(self) -> int:
+        cfg, acc = self.cfg, self.accelerator
+        self._resume_or_start()
+        self._run_selftest()
+        accum = cfg.optim.grad_accum_steps
+        stream = self.stream.iterate(self.state.epoch, self.state.position, self.global_batch,
+                                     acc.process_index, self.world, end_epoch=cfg.epochs)
+        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not (acc.is_main_process and
+                                                                                 cfg.log.progress_bar),
+                   desc=f"{cfg.phase}", dynamic_ncols=True)
+        t0, samples = time.perf_counter(), 0
+        exit_code, stop = EXIT_OK, False
+        while not stop and self.state.step < self.total_steps:
+            micro, epoch_end = [], False
+            for _ in range(accum):
+                item = next(stream, None)
+                if item is None:
+                    break
+                epoch, position, local = item
+                start = self.state.position if epoch == self.state.epoch else 0
+                micro.append((local, position - start))
+                self.state.epoch, self.state.position = epoch, position
+                epoch_end = position == cfg.data.train_scenes
+                if epoch_end:
+                    break
+            if not micro:
+                break
+            decision, losses, delta = self._optimizer_step(micro)
+            samples += sum(count for _, count in micro)
+            bar.update(1)
+            self._log_step(decision, losses, delta, samples / max(time.perf_counter() - t0, 1e-9))
+            step = self.state.step
+            if (cfg.val.every_steps and step % cfg.val.every_steps == 0) or (not cfg.val.every_steps and epoch_end):
+                stop = self._validate_and_track() or stop
+            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+                self._save()
+            if self.preempt.synced_requested():
+                logger.warning("preemption requested: saving at step %d and exiting for requeue", step)
+                self._save()
+                exit_code, stop = EXIT_REQUEUE, True
+        bar.close()
+        if exit_code == EXIT_OK:
+            exit_code = self._finish()
+        self._log_digest()
+        self.monitor.close()
+        return exit_code
+
+    def _resume_or_start(self) -> None:
+        latest = ckpt.latest_valid(self.ckpt_dir) if self.cfg.checkpoint.resume else None
+        if latest is None:
+            return
+        saved = ckpt.load(self.accelerator, latest)
+        self.state = TrainerState(**saved["trainer"])
+        logger.info("resumed from %s at step %d (epoch %d, position %d)", latest, self.state.step,
+                    self.state.epoch, self.state.position)
+
+    def _run_selftest(self) -> None:
+        cfg = self.cfg
+        batch = simulate(self.system, torch.arange(min(cfg.data.val_scenes, cfg.data.val_batch_size)),
+                         cfg.data.seed, cfg.data.val_split, device=self.accelerator.device)
+        self.selftest = {k: float(v) for k, v in selftest(batch, self.system, cfg.loss, cfg.beta.value(0)).items()}
+        logger.info(format_selftest(self.selftest))
+        self.monitor.scalars(self.state.step, self.selftest, "selftest")
+
+    def _log_step(self, d: GateDecision, losses: dict[str, float], delta: float, samples_per_s: float) -> None:
+        step = self.state.step
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        scale = self.backend.loss_scale()
+        changed = not d.step
+        if step % self.cfg.log.every_steps == 0 or step == 1 or changed:
+            logger.info("[LR] step=%d %s", step, " ".join(f"{k}={v:.3e}" for k, v in lrs.items()))
+            logger.info("[GRAD] step=%d norm=%.4g %s skipped=%d found_inf=%d%s loss=%.4g dparam=%.3g", step,
+                        d.grad_norm, "step" if d.step else f"skip({d.reason})", sum(self.state.skipped.values()),
+                        int(d.found_inf), "" if scale is None else f" scale={scale:g}", losses.get("total", 0.0),
+                        delta)
+            peak_mb = (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else _peak_rss_mb()
+            self.monitor.scalars(step, {**{f"lr_{k}": v for k, v in lrs.items()}, "grad_norm": d.grad_norm,
+                                        "stepped": float(d.step), "skipped_total": sum(self.state.skipped.values()),
+                                        "found_inf": float(d.found_inf), "loss_scale": scale, "delta_param": delta,
+                                        "samples_per_s": samples_per_s, "peak_mem_mb": peak_mb,
+                                        "real_steps": self.state.real_steps}, "train")
+            self.monitor.scalars(step, {k: v for k, v in losses.items() if k.startswith("w_") or k in (
+                "total", "beta") or k.startswith("lam_")}, "loss")
+            self.monitor.scalars(step, {k: v for k, v in losses.items() if not (k.startswith("w_") or k.startswith(
+                "lam_") or k in ("total", "beta"))}, "loss_raw")
+
+    def _validate_and_track(self) -> bool:
+        """Validate, track the best model; True means early stop."""
+        cfg = self.cfg
+        metrics = validate(self.accelerator, self.model, self.backend, self.system, cfg, self.val_loader,
+                           cfg.beta.value(self.state.step))
+        self.last_val, self._last_val_step = metrics, self.state.step
+        if not self.first_val:
+            self.first_val = metrics
+        logger.info("[VAL] step=%d %s", self.state.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        self.monitor.scalars(self.state.step, metrics, "val")
+        value = metrics["nmse"] if cfg.val.primary == "loss" else metrics["k_loc"]
+        better = self.state.best_metric is None or (value < self.state.best_metric if cfg.val.primary == "loss"
+                                                     else value > self.state.best_metric)
+        if better:
+            self.state.best_metric, self.state.best_step, self.state.evals_since_best = value, self.state.step, 0
+            self._save_best(metrics)
+        else:
+            self.state.evals_since_best += 1
+        return bool(cfg.val.patience) and self.state.evals_since_best >= cfg.val.patience
+
+    def _save_best(self, metrics: dict[str, float]) -> None:
+        state_dict = self.accelerator.get_state_dict(self.model)
+        if self.accelerator.is_main_process:
+            ckpt.save_weights(self.run_dir / "best", state_dict, {
+                "step": self.state.step, "metrics": metrics, "system": self.cfg.system,
+                "system_overrides": self.cfg.system_overrides, "model": dataclasses.asdict(self.cfg.model)})
+        self.accelerator.wait_for_everyone()
+
+    def _save(self) -> None:
+        ckpt.save(self.accelerator, self.ckpt_dir, self.state.step,
+                  {"trainer": dataclasses.asdict(self.state)}, self.cfg.checkpoint.keep_last)
+
+    def _finish(self) -> int:
+        if self._last_val_step != self.state.step:
+            self._validate_and_track()
+        self._save()
+        gate = evaluate_phase_gate(self.cfg, self.selftest, self.first_val, self.last_val)
+        if self.accelerator.is_main_process:
+            (self.run_dir / "gate.json").write_text(json.dumps(gate, indent=1))
+        self.monitor.hparams({"phase": self.cfg.phase, "lr": self.cfg.optim.lr, "batch": self.global_batch},
+                             self.last_val)
+        logger.info("[GATE] %s %s", "PASS" if gate["passed"] else "FAIL",
+                    " ".join(f"{c['name']}={c['value']:.4g}({'ok' if c['passed'] else 'FAIL'})"
+                             for c in gate["criteria"]))
+        if not gate["passed"] and self.cfg.gate.enforce:
+            return EXIT_GATE_FAILED
+        return EXIT_OK
+
+    def _log_digest(self) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        logging.getLogger("ris_dist.digest").warning("[DIGEST] rank=%d step=%d sha256=%s",
+                                                     self.accelerator.process_index, self.state.step, _digest(model))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
