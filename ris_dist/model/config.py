@@ -1,0 +1,69 @@
+"""Model hyper-parameters (:class:`ModelConfig`) and the named presets.
+
+Every field is validated in ``__post_init__`` with :func:`ris_dist.config.schema.check`,
+so ``build(ModelConfig, MODEL_PRESETS["tiny"] | overrides)`` rejects unknown keys,
+wrong types and impossible values with a one-line :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..config.schema import build, check
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of :class:`ris_dist.model.net.CovarianceNet` (no field depends on the system)."""
+
+    width: int
+    """d: token width of the transformer backbone."""
+    depth: int
+    """Number of pre-norm transformer blocks."""
+    heads: int
+    """Attention heads per block; must divide ``width``."""
+    rank: int
+    """r: columns of the complex low-rank factor F [B, N, r]; R_pred = F F^H has rank <= r.
+    Choose r >= K_max so every true covariance is representable."""
+    dropout: float = 0.0
+    """Dropout probability p in 0 <= p < 1 (attention, FFN, heads). 0 builds no dropout at all."""
+    ffn_mult: int = 4
+    """FFN hidden width = ffn_mult * width."""
+    cov_head_hidden: int = 256
+    """Hidden width of the covariance-head MLP (pooled features -> 2·N·r reals)."""
+    cov_head_layers: int = 2
+    """Hidden layers of the covariance-head MLP (>= 1)."""
+    k_head_hidden: int = 64
+    """Hidden width of the source-count head MLP (pooled features -> K_max logits)."""
+
+    def __post_init__(self) -> None:
+        for key in ("width", "depth", "heads", "ffn_mult", "cov_head_hidden", "cov_head_layers", "k_head_hidden"):
+            value = getattr(self, key)
+            check(value >= 1, key, value, "must be >= 1")
+        check(self.width % self.heads == 0, "heads", self.heads, f"must divide width = {self.width}")
+        check(self.rank >= 1, "rank", self.rank, "the factor rank r must be >= 1")
+        check(math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", self.dropout,
+              "must satisfy 0 <= p < 1")
+
+
+# Sizes on their target systems (counted by tests/test_model.py):
+#   tiny on the tiny system (N=16, M=8, L=16, K_max=2): ~0.23M parameters, a few ms per CPU step.
+#   full on the full system (N=144, M=16, L=16, K_max=5): ~6.6M backbone + ~9.5M heads ≈ 16M,
+#   matching the design's "about 16M" and its 1:4 backbone:head learning-rate split.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(width=64, depth=2, heads=4, rank=4, dropout=0.0, ffn_mult=4,
+                 cov_head_hidden=256, cov_head_layers=2, k_head_hidden=64),
+    "full": dict(width=256, depth=8, heads=8, rank=8, dropout=0.0, ffn_mult=4,
+                 cov_head_hidden=2048, cov_head_layers=2, k_head_hidden=256),
+}
+
+
+def model_config(preset: str, **overrides: Any) -> ModelConfig:
+    """Validated :class:`ModelConfig` from a named preset plus field overrides."""
+    if preset not in MODEL_PRESETS:
+        from ..config.schema import ConfigError
+
+        raise ConfigError(f"model preset {preset!r}: unknown (known: {', '.join(sorted(MODEL_PRESETS))})")
+    return build(ModelConfig, {**MODEL_PRESETS[preset], **overrides}, prefix="model.")
