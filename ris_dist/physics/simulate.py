@@ -61,9 +61,19 @@ def trace_normalize(R: torch.Tensor, target: float) -> torch.Tensor:
     return R * (target / tr)[..., None, None]
 
 
+def padded_steering(system: SystemConfig, azimuth_deg, elevation_deg, range_m, powers) -> torch.Tensor:
+    """Steering of every slot ``[B, K_max, N]``; padded slots (power 0) are steered at 1 m.
+
+    Padded slots hold range 0, where the path difference of an element at the origin (odd
+    N_H and N_V) is 0/0; a NaN there would survive multiplication by the zero power.
+    """
+    safe_range = torch.where(powers > 0, range_m, torch.ones_like(range_m))
+    return steering(system, azimuth_deg, elevation_deg, safe_range)
+
+
 def true_covariance(system: SystemConfig, azimuth_deg, elevation_deg, range_m, powers) -> torch.Tensor:
     """R_true = A·diag(p)·A^H, trace-normalized to N. Invalid slots must have power 0."""
-    A = steering(system, azimuth_deg, elevation_deg, range_m)  # [B, K, N]
+    A = padded_steering(system, azimuth_deg, elevation_deg, range_m, powers)  # [B, K, N]
     R = torch.einsum("bkn,bk,bkm->bnm", A, powers.to(A.dtype), A.conj())
     return trace_normalize(R, float(system.num_elements))
 
@@ -101,7 +111,7 @@ def code_indices(system: SystemConfig, keys: torch.Tensor) -> torch.Tensor:
     """Which codewords each scene applies, ``[B, L]`` int64 (what a data shard stores)."""
     if system.codebook.per_scene_selection:
         u = rng.uniform(keys, STREAM_CODE_SELECTION, (system.codebook_size,))
-        return torch.argsort(u, dim=1)[:, : system.num_snapshots]
+        return torch.argsort(u, dim=1, stable=True)[:, : system.num_snapshots]  # ties by index
     return cb.fixed_selection(system).to(keys.device).unsqueeze(0).expand(keys.shape[0], -1)
 
 
@@ -122,7 +132,7 @@ def simulate(system: SystemConfig, indices, seed: int, split: str, device=None) 
     H = bs_ris_channel(system, keys, p.kappa)
     codes = codes_from_indices(system, code_indices(system, keys))
 
-    A = steering(system, p.azimuth_deg, p.elevation_deg, p.range_m)  # [B, K, N]
+    A = padded_steering(system, p.azimuth_deg, p.elevation_deg, p.range_m, p.powers)  # [B, K, N]
     L, kmax = system.num_snapshots, system.max_sources
     symbols = rng.complex_normal(keys, STREAM_SYMBOLS, (kmax, L)) * torch.sqrt(p.powers)[..., None]  # [B, K, L]
     field_at_ris = torch.einsum("bkn,bkl->bln", A, symbols)  # (A s_l)_n  [B, L, N]

@@ -1,0 +1,13 @@
+"""Benchmarks: ``python -m ris_dist.bench <name> [options]`` (simulate, localize, train-step, scaling).
+
+Each benchmark is a submodule exposing ``add_arguments(parser)`` and ``run(args) -> dict``;
+``__main__`` prints the dict as indented JSON on stdout.
+"""
+
+#: Benchmark name on the command line → submodule of ris_dist.bench (imported lazily).
+BENCHES: dict[str, str] = {
+    "simulate": "simulate",
+    "localize": "localize",
+    "train-step": "train_step",
+    "scaling": "scaling",
+}
