@@ -78,6 +78,11 @@ class TorchBackend:
     def parameters(self):
         return self.model.parameters()
 
+    @contextlib.contextmanager
+    def full_parameters(self):
+        """All parameters, complete on this rank (for digests and Δ-param)."""
+        yield list(self.accelerator.unwrap_model(self.model).parameters())
+
     def grad_norm_and_found_inf(self) -> tuple[torch.Tensor, torch.Tensor]:
         found_inf = torch.zeros(())
         if self.scaler is not None:
@@ -140,6 +145,18 @@ class DeepSpeedBackend:
 
     def parameters(self):
         return self.engine.module.parameters()
+
+    @contextlib.contextmanager
+    def full_parameters(self):
+        """ZeRO-3 partitions parameters; gather them (a collective) so every rank sees all of them."""
+        params = list(self.engine.module.parameters())
+        if self.engine.zero_optimization_stage() == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                yield params
+        else:
+            yield params
 
     def grad_norm_and_found_inf(self) -> tuple[torch.Tensor, torch.Tensor]:
         from deepspeed.utils import safe_get_full_grad

@@ -25,14 +25,18 @@ class PreemptionFlag:
                 signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame) -> None:
-        self.requested = True
-        self.signum = signum
+        self.trigger(signum)
 
-    def synced_requested(self) -> bool:
-        """True on every rank if any rank received a signal. Collective: call on all ranks."""
-        flag = torch.tensor([1.0 if self.requested else 0.0])
+    def trigger(self, signum: int) -> None:
+        """Record a preemption request (what the handler does; drills call it directly)."""
+        self.requested = True
+        self.signum = int(signum)
+
+    def synced_signal(self) -> int:
+        """The signal any rank received (0 if none), the same on every rank. Collective: call on all ranks."""
+        flag = torch.tensor([float(self.signum or (1 if self.requested else 0))])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             if dist.get_backend() == "nccl":
                 flag = flag.cuda()
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        return int(flag.item())

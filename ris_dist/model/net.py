@@ -92,16 +92,18 @@ class CovarianceNet(nn.Module):
         # Channel tokens: one per BS antenna row H[m, :] (2N); the antenna embedding ties
         # row m to entry m of every y_l.
         self.h_embed = nn.Linear(2 * self.N, d)
-        self.antenna_embed = nn.Parameter(torch.zeros(self.M, d))
+        # Embeddings are modules, not bare Parameters: ZeRO-3 gathers parameters through
+        # module forward hooks, and a bare top-level Parameter would stay partitioned.
+        self.antenna_embed = nn.Embedding(self.M, d)
         self.snr_embed = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
-        self.type_embed = nn.Parameter(torch.zeros(3, d))
+        self.type_embed = nn.Embedding(3, d)
         self.embed_drop = _dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_Block(d, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(d)
         self.cov_head = _mlp(d, cfg.cov_head_hidden, cfg.cov_head_layers, 2 * self.N * cfg.rank, cfg.dropout)
         self.k_head = _mlp(d, cfg.k_head_hidden, 1, self.K_max, cfg.dropout)
-        nn.init.normal_(self.antenna_embed, std=0.02)
-        nn.init.normal_(self.type_embed, std=0.02)
+        nn.init.normal_(self.antenna_embed.weight, std=0.02)
+        nn.init.normal_(self.type_embed.weight, std=0.02)
 
     # ---- parameter groups (the trainer gives heads a higher learning rate) ----
     def head_parameters(self) -> list[nn.Parameter]:
@@ -134,9 +136,11 @@ class CovarianceNet(nn.Module):
             snap = torch.cat([_re_im(yn), _re_im(codes), _re_im(mf)], dim=-1)
             rows = _re_im(Hn)  # [B, M, 2N]
             snr = (snr_db.to(torch.float32) / 10.0)[:, None, None]  # ~unit range for -5..20 dB
-        t_snap = self.snap_embed(snap) + self.type_embed[0]
-        t_h = self.h_embed(rows) + self.antenna_embed + self.type_embed[1]
-        t_snr = self.snr_embed(snr) + self.type_embed[2]
+        kinds = self.type_embed(torch.arange(3, device=snap.device))
+        antennas = self.antenna_embed(torch.arange(self.M, device=snap.device))
+        t_snap = self.snap_embed(snap) + kinds[0]
+        t_h = self.h_embed(rows) + antennas + kinds[1]
+        t_snr = self.snr_embed(snr) + kinds[2]
         return self.embed_drop(torch.cat([t_snap, t_h, t_snr], dim=1))
 
     def forward(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, snr_db: torch.Tensor) -> ModelOutput:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,13 @@ def latest_valid(root: Path) -> Path | None:
     return valid[-1] if valid else None
 
 
-def save(accelerator, root: Path, step: int, trainer_state: dict[str, Any], keep_last: int) -> Path:
-    """Collective: every rank must call it at the same step."""
+def save(accelerator, root: Path, step: int, trainer_state: dict[str, Any], keep_last: int,
+         kill_before_rename: bool = False) -> Path:
+    """Collective: every rank must call it at the same step.
+
+    ``kill_before_rename`` is a drill: SIGKILL the main process after the state is written
+    and before it is published, which must leave the previous checkpoint as the latest.
+    """
     final = root / checkpoint_name(step)
     tmp = root / f".tmp-{checkpoint_name(step)}"
     if accelerator.is_main_process:
@@ -73,6 +79,8 @@ def save(accelerator, root: Path, step: int, trainer_state: dict[str, Any], keep
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
         _fsync_tree(tmp)
+        if kill_before_rename:
+            os.kill(os.getpid(), signal.SIGKILL)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -146,6 +146,8 @@ class ValConfig:
     """Also run MUSIC (localize) and the localization metrics."""
     k_source: Literal["head", "mdl", "oracle"] = "mdl"
     """Where K̂ comes from when localizing: the model's K head, MDL, or the true K."""
+    at_start: bool = False
+    """Also validate before the first step (the reference 'first validation' of a phase)."""
     primary: Literal["loss", "k_loc"] = "loss"
     """Metric that picks the best checkpoint (loss: lower is better; k_loc: higher)."""
     patience: int = 0
@@ -194,7 +196,19 @@ class InjectConfig:
 
 @dataclass(frozen=True)
 class DebugConfig:
+    """Drills for tests and incident rehearsal; all off by default."""
+
     inject_nonfinite_grad: InjectConfig = field(default_factory=InjectConfig)
+    record_indices: bool = False
+    """Each rank appends the global scene indices of every step to <run>/indices/rank<R>.jsonl."""
+    preempt_at_step: int = 0
+    """Rank 0 records SIGUSR1 at this step, as if SLURM had signalled it alone (0 = off)."""
+    kill_during_save_step: int = 0
+    """SIGKILL the main process inside the save at this step, after writing and before the rename."""
+
+    def __post_init__(self) -> None:
+        check(self.preempt_at_step >= 0, "preempt_at_step", self.preempt_at_step, "must be >= 0")
+        check(self.kill_during_save_step >= 0, "kill_during_save_step", self.kill_during_save_step, "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,10 @@ class TrainerState:
     evals_since_best: int = 0
 
 
-def _digest(model) -> str:
+def _digest(params: list[torch.Tensor]) -> str:
     h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for p in params:
+        h.update(p.detach().float().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -182,18 +182,24 @@ class Trainer:
         step = self.state.step + 1
         weights, beta = self._weights_at(step), cfg.beta.value(step)
         inject = self._inject_value(step)
-        losses: dict[str, float] = {}
+        sums: dict[str, float] = {}
         for i, (local, global_count) in enumerate(micro_batches):
             out = self._micro_step(local, global_count, weights, beta, last=i == len(micro_batches) - 1,
                                    inject=inject)
+            n_local = float(local.numel())
             for k, v in out.items():
-                losses[k] = losses.get(k, 0.0) + v / len(micro_batches)
+                sums[k] = sums.get(k, 0.0) + v * n_local
+        losses = self._global_means(sums, sum(count for _, count in micro_batches), step)
         if inject is not None and isinstance(self.backend, TorchBackend):
             self.backend.inject_nonfinite(inject)
         grad_norm, found_inf = self.backend.grad_norm_and_found_inf()
         decision = step_gate(grad_norm, found_inf)
+        # Step-number based, so every rank takes the same branch (ZeRO-3 gathers are collectives).
         log_now = step % cfg.log.every_steps == 0 or step == 1
-        before = [p.detach().clone() for p in self.backend.parameters()] if log_now and decision.step else None
+        before = None
+        if log_now and decision.step:
+            with self.backend.full_parameters() as params:
+                before = [p.detach().float().clone() for p in params]
         if decision.step:
             self.backend.step(cfg.optim.grad_clip)
             self.scheduler.step()
@@ -207,16 +213,33 @@ class Trainer:
         self.backend.finish_step()
         delta = 0.0
         if before is not None:
-            delta = float(torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(self.backend.parameters(),
-                                                                                         before))))
+            with self.backend.full_parameters() as params:
+                delta = float(torch.sqrt(sum(((p.detach().float() - b) ** 2).sum() for p, b in zip(params, before))))
+        if not decision.step:
+            # Every rank says it: a skip must be visible per rank, with the scale it leaves behind.
+            scale = self.backend.loss_scale()
+            logging.getLogger("ris_dist.gate").warning(
+                "[SKIP] rank=%d step=%d reason=%s skipped=%d%s", self.accelerator.process_index, step,
+                decision.reason, sum(self.state.skipped.values()), "" if scale is None else f" scale={scale:g}")
         self.state.step = step
         return decision, losses | {"beta": beta, **{k: v for k, v in dataclasses.asdict(weights).items()}}, delta
+
+    def _global_means(self, sums: dict[str, float], global_count: int, step: int) -> dict[str, float]:
+        """Scene-weighted means over all ranks, on logging steps (step-based: all ranks reduce)."""
+        if not (step % self.cfg.log.every_steps == 0 or step == 1) or self.world == 1:
+            return {k: v / global_count for k, v in sums.items()}
+        keys = sorted(sums)
+        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        t = self.accelerator.reduce(t, reduction="sum").cpu()
+        return {k: float(v) / global_count for k, v in zip(keys, t)}
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> int:
         cfg, acc = self.cfg, self.accelerator
         self._resume_or_start()
         self._run_selftest()
+        if cfg.val.at_start and self.state.step == 0:
+            self._validate_and_track()
         accum = cfg.optim.grad_accum_steps
         stream = self.stream.iterate(self.state.epoch, self.state.position, self.global_batch,
                                      acc.process_index, self.world, end_epoch=cfg.epochs)
@@ -240,6 +263,8 @@ class Trainer:
                     break
             if not micro:
                 break
+            if cfg.debug.record_indices:
+                self._record_indices(micro)
             decision, losses, delta = self._optimizer_step(micro)
             samples += sum(count for _, count in micro)
             bar.update(1)
@@ -249,9 +274,15 @@ class Trainer:
                 stop = self._validate_and_track() or stop
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
                 self._save()
-            if self.preempt.synced_requested():
+            if step == cfg.debug.preempt_at_step and acc.is_main_process:
+                self.preempt.trigger(signal.SIGUSR1)  # as if SLURM's signal had reached rank 0 only
+            preempt_signal = self.preempt.synced_signal()
+            if preempt_signal:
                 logger.warning("preemption requested: saving at step %d and exiting for requeue", step)
                 self._save()
+                if acc.is_main_process:
+                    (self.run_dir / "preempted.json").write_text(json.dumps(
+                        {"step": step, "signal": preempt_signal, "exit_code": EXIT_REQUEUE}))
                 exit_code, stop = EXIT_REQUEUE, True
         bar.close()
         if exit_code == EXIT_OK:
@@ -324,12 +355,24 @@ class Trainer:
         if self.accelerator.is_main_process:
             ckpt.save_weights(self.run_dir / "best", state_dict, {
                 "step": self.state.step, "metrics": metrics, "system": self.cfg.system,
+                "beta": self.cfg.beta.value(self.state.step), "k_source": self.cfg.val.k_source,
                 "system_overrides": self.cfg.system_overrides, "model": dataclasses.asdict(self.cfg.model)})
         self.accelerator.wait_for_everyone()
 
     def _save(self) -> None:
-        ckpt.save(self.accelerator, self.ckpt_dir, self.state.step,
-                  {"trainer": dataclasses.asdict(self.state)}, self.cfg.checkpoint.keep_last)
+        kill = self.cfg.debug.kill_during_save_step == self.state.step
+        ckpt.save(self.accelerator, self.ckpt_dir, self.state.step, {"trainer": dataclasses.asdict(self.state)},
+                  self.cfg.checkpoint.keep_last, kill_before_rename=kill)
+        if self.accelerator.is_main_process:
+            (self.run_dir / "preempted.json").unlink(missing_ok=True)
+
+    def _record_indices(self, micro: list[tuple[torch.Tensor, int]]) -> None:
+        folder = self.run_dir / "indices"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"rank{self.accelerator.process_index}.jsonl", "a") as fh:
+            for local, _ in micro:
+                fh.write(json.dumps({"step": self.state.step + 1, "epoch": self.state.epoch,
+                                     "indices": local.tolist()}) + "\n")
 
     def _finish(self) -> int:
         if self._last_val_step != self.state.step:
@@ -348,9 +391,10 @@ class Trainer:
         return EXIT_OK
 
     def _log_digest(self) -> None:
-        model = self.accelerator.unwrap_model(self.model)
+        with self.backend.full_parameters() as params:
+            digest = _digest(params)
         logging.getLogger("ris_dist.digest").warning("[DIGEST] rank=%d step=%d sha256=%s",
-                                                     self.accelerator.process_index, self.state.step, _digest(model))
+                                                     self.accelerator.process_index, self.state.step, digest)
 
 
 def _peak_rss_mb() -> float:

@@ -1,0 +1,43 @@
+"""inf on rank 1 only: every backend skips the same steps on both ranks and ends with equal weights.
+
+Real ``accelerate launch`` with 2 CPU processes over gloo: DDP and DeepSpeed ZeRO-1/2/3.
+"""
+
+import pytest
+
+from trainrun import FAST, train
+
+INJECT = "debug.inject_nonfinite_grad={ranks: [1], steps: [3, 5], value: inf}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["cpu_ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3"])
+def test_inf_on_one_rank_skips_everywhere(tmp_path, backend):
+    run = train(tmp_path, FAST + ["max_steps=6", INJECT], backend=backend)
+    assert run.returncode == 0, run.log[-4000:]
+    skips = run.skips()
+    assert sorted(skips) == [0, 1]
+    assert [s for s, _ in skips[0]] == [3, 5] and [s for s, _ in skips[1]] == [3, 5]
+    digests = run.digests()
+    assert len(digests) == 2 and digests[0] == digests[1]
+    train_log = run.records("train")
+    assert [s for s, r in sorted(train_log.items()) if not r["stepped"]] == [3, 5]
+    assert train_log[6]["real_steps"] == 4  # training went on after the skips
+
+
+@pytest.mark.slow
+def test_fp16_found_inf_is_global_under_ddp(tmp_path):
+    run = train(tmp_path, FAST + ["max_steps=5", "mode=standard", "amp.dtype=fp16",
+                                  "debug.inject_nonfinite_grad={ranks: [1], steps: [3], value: inf}"],
+                backend="cpu_ddp")
+    assert run.returncode == 0, run.log[-4000:]
+    skips = run.skips()
+    assert skips[0] == skips[1] == [(3, "found_inf")]
+    # Both scalers backed off together: the scale each rank reports after the skip agrees.
+    import re
+
+    scales = dict(re.findall(r"\[SKIP\] rank=(\d+) step=3 reason=found_inf skipped=1 scale=([\d.e+]+)", run.log))
+    assert scales["0"] == scales["1"] and float(scales["0"]) == 2.0**15
+    digests = run.digests()
+    assert digests[0] == digests[1]
+    assert run.records("train")[5]["loss_scale"] == 2.0**15

@@ -1,0 +1,79 @@
+"""Real signals: the handler only sets a flag; all ranks save at the next step and exit for requeue."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from trainrun import FAST, REPO, command
+
+EXIT_REQUEUE = 75
+
+
+def _start(out: Path, backend, tag: str):
+    cmd = command(backend) + ["--config", "configs/phase0.yaml", f"output_dir={out}", "run_name=t",
+                              "max_steps=100000", "data.train_scenes=4096", *FAST]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RIS_TEST_TAG": tag})
+
+
+def _wait_for_step(run_dir: Path, step: int, proc, deadline_s: float = 180) -> None:
+    end = time.monotonic() + deadline_s
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        if metrics.exists() and any(json.loads(line).get("kind") == "train" and json.loads(line)["step"] >= step
+                                    for line in metrics.read_text().splitlines()):
+            return
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("training did not reach the step in time")
+
+
+def _rank_pid(tag: str, rank: int) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # the process ended while we looked
+            continue
+        if f"RIS_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    raise AssertionError(f"no process with rank {rank}")
+
+
+@pytest.mark.slow
+def test_sigusr1_saves_and_exits_for_requeue(tmp_path):
+    proc = _start(tmp_path, None, uuid.uuid4().hex)
+    run_dir = tmp_path / "t" / "phase0"
+    _wait_for_step(run_dir, 2, proc)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_REQUEUE, out[-3000:]
+    marker = json.loads((run_dir / "preempted.json").read_text())
+    assert marker["signal"] == signal.SIGUSR1
+    assert (run_dir / "checkpoints" / f"step-{marker['step']:08d}" / "COMPLETE").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_saves_on_all_ranks(tmp_path):
+    tag = uuid.uuid4().hex
+    proc = _start(tmp_path, "cpu_ddp", tag)
+    run_dir = tmp_path / "t" / "phase0"
+    _wait_for_step(run_dir, 2, proc)
+    os.kill(_rank_pid(tag, 1), signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0  # torchrun reports the requeue exit of its children as a failure
+    assert out.count("preemption requested: saving at step") == 2, out[-3000:]
+    marker = json.loads((run_dir / "preempted.json").read_text())
+    assert marker["signal"] == signal.SIGTERM
+    ckpt = run_dir / "checkpoints" / f"step-{marker['step']:08d}"
+    assert (ckpt / "COMPLETE").is_file()
+    assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl",
+                                                                         "random_states_1.pkl"]
