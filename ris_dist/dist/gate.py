@@ -63,4 +63,4 @@ def total_grad_norm(parameters) -> torch.Tensor:
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    return torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)

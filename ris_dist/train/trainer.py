@@ -111,6 +111,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self.first_val: dict[str, float] = {}
         self._last_val_step = -1
+        self._t0, self._samples = time.perf_counter(), 0
         self._log_startup(counts)
 
     # -- setup helpers -------------------------------------------------------------
@@ -165,10 +166,13 @@ class Trainer:
                 out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
             result = compute_loss(out, batch, self.system, beta, cfg.loss, weights)
             # Sum over this rank's scenes / global count: DDP's mean over ranks then equals the
-            # global-batch mean on any world size. The 0·logits term keeps every parameter in
-            # the graph so DDP never waits for gradients of an unused head.
+            # global-batch mean on any world size.
             share = n_local * self.world / (global_count * cfg.optim.grad_accum_steps)
-            loss = result.total * share + 0.0 * out.k_logits.float().sum()
+            loss = result.total * share
+            if self.world > 1:
+                # Keeps an unused head in the graph so DDP never waits for its gradients; its
+                # zero gradient leaves Adam's update at exactly 0, as on one process.
+                loss = loss + 0.0 * out.k_logits.float().sum()
             if inject is not None and isinstance(self.backend, DeepSpeedBackend):
                 loss = loss * inject
             self.backend.backward(loss)
@@ -246,7 +250,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not (acc.is_main_process and
                                                                                  cfg.log.progress_bar),
                    desc=f"{cfg.phase}", dynamic_ncols=True)
-        t0, samples = time.perf_counter(), 0
+        self._t0, self._samples = time.perf_counter(), 0
         exit_code, stop = EXIT_OK, False
         while not stop and self.state.step < self.total_steps:
             micro, epoch_end = [], False
@@ -263,12 +267,8 @@ class Trainer:
                     break
             if not micro:
                 break
-            if cfg.debug.record_indices:
-                self._record_indices(micro)
-            decision, losses, delta = self._optimizer_step(micro)
-            samples += sum(count for _, count in micro)
+            self.step_once(micro)
             bar.update(1)
-            self._log_step(decision, losses, delta, samples / max(time.perf_counter() - t0, 1e-9))
             step = self.state.step
             if (cfg.val.every_steps and step % cfg.val.every_steps == 0) or (not cfg.val.every_steps and epoch_end):
                 stop = self._validate_and_track() or stop
@@ -290,6 +290,15 @@ class Trainer:
         self._log_digest()
         self.monitor.close()
         return exit_code
+
+    def step_once(self, micro: list[tuple[torch.Tensor, int]]) -> GateDecision:
+        """One optimizer step with its instrumentation: what the loop (and the train-step bench) runs."""
+        if self.cfg.debug.record_indices:
+            self._record_indices(micro)
+        decision, losses, delta = self._optimizer_step(micro)
+        self._samples += sum(count for _, count in micro)
+        self._log_step(decision, losses, delta, self._samples / max(time.perf_counter() - self._t0, 1e-9))
+        return decision
 
     def _resume_or_start(self) -> None:
         latest = ckpt.latest_valid(self.ckpt_dir) if self.cfg.checkpoint.resume else None
