@@ -1,16 +1,20 @@
 """Evaluate localization methods on a frozen test set against each other and the CRB.
 
-    python -m ris_dist.evaluate --system tiny --test-set DIR [--method b1|b2 ...] [--out DIR]
+    python -m ris_dist.evaluate --test-set DIR [--checkpoint RUN/phaseN/best] [--method b1|b2|model ...]
+        [--system tiny] [--out DIR]
 
 Methods (system_model.md, "Baselines"): ``b1`` = MUSIC on R_samp with K̂ from MDL; ``b2`` =
-oracle MUSIC on R_true with the true K. More methods (the learned model) plug in through
-:data:`METHODS`, a registry of name → ``fn(batch, system) -> Estimates``. B3, the CRB, is
-computed once per scene and reported next to every RMSE.
+oracle MUSIC on R_true with the true K. With ``--checkpoint`` the learned model joins them
+through :class:`ris_dist.inference.Localizer`: ``model`` with its own K̂ and
+``model_oracle_k`` with the true K. Other methods plug in through :data:`METHODS`, a registry
+of name → ``fn(batch, system) -> Estimates``. B3, the CRB, is computed once per scene and
+reported next to every RMSE.
 
 Writes to the output folder: ``results.json`` (overall, per-SNR-bin and per-range-bin
 metrics per method and the CRB summary; NaN is written as ``null`` and ±∞ as the strings
-``"inf"``/``"-inf"``), ``report.md`` (a table per method over SNR bins with RMSE and
-RMSE/√CRB for φ, θ, r, success and K_acc), ``rmse_vs_snr.png`` and ``success_vs_snr.png``.
+``"inf"``/``"-inf"``), ``report.md`` (per method, a table over SNR bins and one over range
+bins with RMSE and RMSE/√CRB for φ, θ, r, success and K_acc), ``rmse_vs_snr.png``,
+``rmse_vs_range.png`` and ``success_vs_snr.png``.
 
 √CRB in a bin is the RMS of the per-source CRB standard deviations over the bin's matched
 true sources (the same sources that enter the RMSE). Sources whose CRB is infinite
@@ -66,20 +70,42 @@ def music_b2(batch: SceneBatch, system: SystemConfig) -> Estimates:
 
 
 METHODS: dict[str, MethodFn] = {"b1": music_b1, "b2": music_b2}
-"""Registry of evaluation methods; add the learned model here (name → fn(batch, system))."""
+"""Registry of evaluation methods that need nothing but the batch (name → fn(batch, system))."""
+
+MODEL_METHODS = ("model", "model_oracle_k")
+"""The learned model with its own K̂ and with the true K; they need ``--checkpoint``."""
 
 
-def parse_methods(specs: Sequence[str] | None) -> list[str]:
-    """``["b1", "b2,b1"]`` → ``["b1", "b2"]`` (order kept, duplicates dropped); default all registered."""
+def model_methods(localizer: Any) -> dict[str, MethodFn]:
+    """``model`` and ``model_oracle_k`` for a :class:`ris_dist.inference.Localizer`."""
+
+    def own_k(batch: SceneBatch, system: SystemConfig) -> Estimates:
+        return localizer(batch.y, batch.H, batch.codes, batch.snr_db)
+
+    def oracle_k(batch: SceneBatch, system: SystemConfig) -> Estimates:
+        return localizer(batch.y, batch.H, batch.codes, batch.snr_db, num_sources=batch.num_sources)
+
+    return {"model": own_k, "model_oracle_k": oracle_k}
+
+
+def parse_methods(specs: Sequence[str] | None, extra: Sequence[str] = ()) -> list[str]:
+    """``["b1", "b2,b1"]`` → ``["b1", "b2"]`` (order kept, duplicates dropped); default all known.
+
+    Known names are the :data:`METHODS` registry plus ``extra`` (e.g. :data:`MODEL_METHODS`
+    when a checkpoint is given); a model method without a checkpoint is a user error.
+    """
+    known = [*METHODS, *extra]
     if not specs:
-        return list(METHODS)
+        return known
     names: list[str] = []
     for spec in specs:
         for name in (part.strip().lower() for part in spec.split(",")):
             if not name:
                 continue
-            if name not in METHODS:
-                raise EvaluateError(f"unknown method {name!r} (known: {', '.join(METHODS)})")
+            if name in MODEL_METHODS and name not in known:
+                raise EvaluateError(f"method {name!r} needs --checkpoint RUN/phaseN/best")
+            if name not in known:
+                raise EvaluateError(f"unknown method {name!r} (known: {', '.join(known)})")
             if name not in names:
                 names.append(name)
     if not names:
@@ -214,8 +240,9 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def markdown_report(results: dict[str, Any]) -> str:
-    """The ``report.md`` text: per method, a table over SNR bins plus the overall row."""
-    head = ["SNR (dB)", "scenes", "K_acc", "success"]
+    """The ``report.md`` text: per method, a table over SNR bins and one over range bins,
+    each with the overall row."""
+    head = ["scenes", "K_acc", "success"]
     for key, sym, unit in PARAMS:
         head += [f"RMSE {sym} ({unit})", f"RMSE/√CRB {sym}"]
     head.append("k_loc")
@@ -231,10 +258,12 @@ def markdown_report(results: dict[str, Any]) -> str:
         return "| " + " | ".join(cells) + " |"
 
     for name, res in results["methods"].items():
-        lines += [f"## Method `{name}` ({res['seconds']:.1f} s)", "",
-                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += [row(f"[{m['lo']:g}, {m['hi']:g})", m) for m in res["by_snr"]]
-        lines += [row("**all**", res["overall"]), ""]
+        lines += [f"## Method `{name}` ({res['seconds']:.1f} s)", ""]
+        # Range rows bin matched pairs by true range (errors) and scenes by mean true range (counts).
+        for table, label in (("by_snr", "SNR (dB)"), ("by_range", "range (m)")):
+            lines += ["| " + " | ".join([label, *head]) + " |", "|" + "---|" * (len(head) + 1)]
+            lines += [row(f"[{m['lo']:g}, {m['hi']:g})", m) for m in res[table]]
+            lines += [row("**all**", res["overall"]), ""]
     c = results["crb"]["overall"]
     lines += ["## B3: CRB over all true sources", "",
               f"RMS √CRB: φ {_fmt(c['crb_az_deg'])}°, θ {_fmt(c['crb_el_deg'])}°, r {_fmt(c['crb_range_m'])} m "
@@ -248,19 +277,23 @@ def _plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")  # headless: no display on CI or compute nodes
     import matplotlib.pyplot as plt
 
+    paths = []
+    for table, xlabel, stem in (("by_snr", "SNR (dB)", "snr"), ("by_range", "range (m)", "range")):
+        c = [(r["lo"] + r["hi"]) / 2 for r in results["crb"][table]]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        for ax, (key, sym, unit) in zip(axes, PARAMS):
+            for name, res in results["methods"].items():
+                ax.semilogy(c, [r[f"rmse_{key}"] for r in res[table]], "o-", label=f"{name} RMSE")
+            ax.semilogy(c, [r[f"crb_{key}"] for r in results["crb"][table]], "k--", label="√CRB (B3)")
+            ax.set(xlabel=xlabel, ylabel=f"{sym} ({unit})", title=f"RMSE {sym} vs {xlabel.split()[0]}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend()
+        fig.tight_layout()
+        paths.append(out_dir / f"rmse_vs_{stem}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
     centers = [(r["lo"] + r["hi"]) / 2 for r in results["crb"]["by_snr"]]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, (key, sym, unit) in zip(axes, PARAMS):
-        for name, res in results["methods"].items():
-            ax.semilogy(centers, [r[f"rmse_{key}"] for r in res["by_snr"]], "o-", label=f"{name} RMSE")
-        ax.semilogy(centers, [r[f"crb_{key}"] for r in results["crb"]["by_snr"]], "k--", label="√CRB (B3)")
-        ax.set(xlabel="SNR (dB)", ylabel=f"{sym} ({unit})", title=f"RMSE {sym} vs SNR")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    paths = [out_dir / "rmse_vs_snr.png"]
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for i, (name, res) in enumerate(results["methods"].items()):
@@ -271,7 +304,7 @@ def _plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.legend()
     fig.tight_layout()
     paths.append(out_dir / "success_vs_snr.png")
-    fig.savefig(paths[1], dpi=110)
+    fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
 
@@ -291,8 +324,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None,
                    help="system config name or YAML; must match the test set's (default: the test set's)")
     p.add_argument("--test-set", required=True, help="frozen split folder (python -m ris_dist.data generate)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a run's best/ folder (RUN/phaseN/best); adds the methods " + ", ".join(MODEL_METHODS))
     p.add_argument("--method", action="append", default=None,
-                   help=f"method(s), repeatable or comma-separated (known: {', '.join(METHODS)}; default all)")
+                   help=f"method(s), repeatable or comma-separated (known: {', '.join([*METHODS, *MODEL_METHODS])}; "
+                        "default all available)")
     p.add_argument("--out", default=None, help="output folder (default reports/<system>-<timestamp>)")
     p.add_argument("--batch-size", type=int, default=256, help="scenes per batch")
     p.add_argument("--device", default=None, help="torch device for the methods and the CRB (default cpu)")
@@ -303,14 +339,25 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> list[Path]:
     from .data import load_split
 
-    methods = parse_methods(args.method)
+    methods = parse_methods(args.method, extra=MODEL_METHODS if args.checkpoint else ())
     if args.batch_size < 1:
         raise EvaluateError(f"--batch-size must be >= 1, got {args.batch_size}")
     test_dir = Path(args.test_set)
     if not test_dir.is_dir():
         raise EvaluateError(f"--test-set {test_dir}: no such directory")
+    fns: dict[str, MethodFn] = {name: METHODS[name] for name in methods if name in METHODS}
+    localizer = None
+    if args.checkpoint:
+        from .inference import Localizer  # torch model code only when a model is evaluated
+
+        # Loaded before the (slower, checksummed) test set so a bad checkpoint fails fast.
+        localizer = Localizer.from_checkpoint(args.checkpoint, device=args.device)
+        fns.update({name: fn for name, fn in model_methods(localizer).items() if name in methods})
     split = load_split(test_dir)
     system = split.system
+    if localizer is not None and localizer.system != system:
+        raise EvaluateError(f"--checkpoint {args.checkpoint}: trained on system {localizer.system.name!r}, which "
+                            f"differs from the system the test set {test_dir} was generated with ({system.name!r})")
     if args.system is not None:
         wanted = load_system(args.system)
         if wanted != system:
@@ -319,7 +366,8 @@ def _run(args: argparse.Namespace) -> list[Path]:
     out = Path(args.out) if args.out else Path("reports") / f"{system.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if out.exists() and not out.is_dir():
         raise EvaluateError(f"--out {out}: exists and is not a directory")
-    results = evaluate_methods(split.batches(args.batch_size, device=args.device), system, methods, out_dir=None)
+    fns = {name: fns[name] for name in methods}  # the order the user asked for
+    results = evaluate_methods(split.batches(args.batch_size, device=args.device), system, fns, out_dir=None)
     return write_outputs(results, out)
 
 
@@ -328,10 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from .data import DataError
+    from .train.checkpoint import CheckpointError
 
     try:
         paths = _run(args)
-    except (EvaluateError, DataError, ConfigError) as err:
+    except (EvaluateError, DataError, ConfigError, CheckpointError) as err:
         # Expected user-facing failures: one line, exit 2. Anything else is a bug and propagates.
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -1,0 +1,202 @@
+"""Public inference API: a trained checkpoint → source estimates for new measurements.
+
+    from ris_dist import Localizer
+    loc = Localizer.from_checkpoint("runs/<run>/phase2/best")
+    est = loc(y, H, codes, snr_db)              # K̂ from the model's K head (or MDL, see k_source)
+    est = loc(y, H, codes, snr_db, num_sources=k)  # oracle K
+
+The path from measurements to MUSIC is the same as in training and validation:
+R_samp from :func:`ris_dist.physics.sample_covariance`, R_pred from the model, and R_eff from
+:func:`ris_dist.covariance.effective_covariance` (the one builder of what MUSIC sees), with
+the β the run ended with. Nothing here mixes covariances on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .config import ConfigError, SystemConfig, load_system
+from .config.schema import build
+from .covariance import effective_covariance
+from .localize import Estimates, localize
+from .model import CovarianceNet, ModelConfig, build_model
+from .physics import sample_covariance
+from .train.checkpoint import BEST_WEIGHTS, CheckpointError, load_weights
+
+log = logging.getLogger(__name__)
+
+KSource = Literal["head", "mdl"]
+META_FILE = "meta.json"
+
+__all__ = ["CheckpointError", "KSource", "Localizer"]
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """meta.json of a ``best/`` folder, checked for the keys inference needs (one-line errors)."""
+    file = path / META_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (expected a folder written by the trainer)")
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file}: invalid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(meta).__name__}")
+    for key, kind in (("system", str), ("system_overrides", dict), ("model", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"{file}: key {key!r} missing or not a {kind.__name__}")
+    beta = meta.get("beta", 0.0)
+    # bool is an int subclass; a true/false β is a writer bug, not 1.0/0.0.
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (math.isfinite(beta) and 0 <= beta <= 1):
+        raise CheckpointError(f"{file}: key 'beta' must be a number in [0, 1], got {beta!r}")
+    if meta.get("k_source", "head") not in ("head", "mdl", "oracle"):
+        raise CheckpointError(f"{file}: key 'k_source' must be 'head', 'mdl' or 'oracle', got {meta['k_source']!r}")
+    loading = meta.get("diag_loading", 0.0)
+    if isinstance(loading, bool) or not isinstance(loading, (int, float)) or not (math.isfinite(loading)
+                                                                                   and loading >= 0):
+        raise CheckpointError(f"{file}: key 'diag_loading' must be a number >= 0, got {loading!r}")
+    return meta
+
+
+class Localizer:
+    """A trained covariance model plus MUSIC: ``(y, H, codes, snr_db) → Estimates``.
+
+    Build it with :meth:`from_checkpoint`. Inputs are batched (``y [B, L, M]``,
+    ``H [B, M, N]``, ``codes [B, L, N]`` complex, ``snr_db [B]``) and may live on any
+    device: they are moved to the model's device, and the estimates come back on the
+    device of ``y``.
+    """
+
+    def __init__(self, system: SystemConfig, model: CovarianceNet, beta: float = 0.0, k_source: KSource = "head",
+                 diag_loading: float = 0.0, device: torch.device | str | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        if k_source not in ("head", "mdl"):
+            raise ValueError(f"k_source must be 'head' or 'mdl', got {k_source!r}")
+        if not (math.isfinite(beta) and 0.0 <= beta <= 1.0):
+            raise ValueError(f"beta must satisfy 0 <= beta <= 1, got {beta!r}")
+        self.system = system
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # eval() for good: dropout (if any) must not randomize inference.
+        self.model = model.to(self.device).eval()
+        self.beta = float(beta)
+        self.k_source: KSource = k_source
+        self.diag_loading = float(diag_loading)
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str | None = None,
+                        k_source: KSource | None = None) -> "Localizer":
+        """Load ``path/model.pt`` and ``path/meta.json`` (a run's ``best/`` folder).
+
+        Rebuilds the system from ``meta["system"]`` + ``meta["system_overrides"]`` and the
+        model from ``meta["model"]``; takes β (default 0) and the K source (default "head")
+        from the meta unless ``k_source`` is given. A run validated with the true K
+        (``k_source: oracle``) has no true K at inference, so its own K̂ comes from the K head
+        (with a warning); pass ``num_sources`` for oracle K. Raises :class:`CheckpointError`
+        (one line, naming the file) for a missing folder, a missing or corrupt file, or
+        weights that do not fit the model.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: no such checkpoint folder (expected a run's best/ folder)")
+        meta = _read_meta(path)
+        meta_file = path / META_FILE
+        try:
+            system = load_system(meta["system"], **meta["system_overrides"])
+            model_cfg = build(ModelConfig, meta["model"], prefix="model.")
+        except ConfigError as err:
+            raise CheckpointError(f"{meta_file}: {' '.join(str(err).split())}") from None
+        try:
+            state = load_weights(path)  # weights_only=True inside; one-line CheckpointError naming model.pt
+        except pickle.UnpicklingError as err:
+            # load_weights converts RuntimeError/EOFError/OSError but not this one, which torch raises for
+            # a file that is not a zip archive or that pickles a non-tensor type: same cause, same message.
+            raise CheckpointError(f"{path / BEST_WEIGHTS}: unreadable weights "
+                                  f"({' '.join(str(err).split())[:200]})") from None
+        model = build_model(system, model_cfg)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            # torch's message spans many lines; keep the first 200 characters on one line.
+            raise CheckpointError(f"{path / BEST_WEIGHTS}: weights do not fit the model in {META_FILE} "
+                                  f"({' '.join(str(err).split())[:200]})") from None
+        if k_source is None:
+            k_source = meta.get("k_source", "head")
+            if k_source == "oracle":
+                log.warning("%s: the run validated with the true K (k_source: oracle), which inference does not "
+                            "have; K̂ comes from the K head unless num_sources is passed", meta_file)
+                k_source = "head"
+        log.info("loaded %s: system %s, step %s, beta %.3g, K from %s", path, system.name, meta.get("step"),
+                 meta.get("beta", 0.0), k_source)
+        return cls(system, model, beta=float(meta.get("beta", 0.0)), k_source=k_source,
+                   diag_loading=float(meta.get("diag_loading", 0.0)),
+                   device=device if device is not None else "cpu", meta=meta)
+
+    def _check_inputs(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                      snr_db: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = self.system
+        L, M, N = s.num_snapshots, s.num_bs_antennas, s.num_elements
+        if y.ndim != 3 or tuple(y.shape[1:]) != (L, M):
+            raise ValueError(f"y: expected [B, L={L}, M={M}], got {tuple(y.shape)}")
+        B = y.shape[0]
+        for name, t, shape in (("H", H, (B, M, N)), ("codes", codes, (B, L, N))):
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name}: expected {list(shape)}, got {tuple(t.shape)}")
+        snr_db = torch.as_tensor(snr_db, dtype=torch.float32)
+        if snr_db.ndim == 0:
+            snr_db = snr_db.expand(B)
+        if tuple(snr_db.shape) != (B,):
+            raise ValueError(f"snr_db: expected [B={B}] or a scalar, got {tuple(snr_db.shape)}")
+        dev = self.device
+        return (y.to(dev, torch.complex64), H.to(dev, torch.complex64), codes.to(dev, torch.complex64),
+                snr_db.to(dev))
+
+    @torch.no_grad()
+    def _forward(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                 snr_db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R_eff [B, N, N], k_logits [B, K_max]) on the model's device."""
+        y, H, codes, snr_db = self._check_inputs(y, H, codes, snr_db)
+        R_samp = sample_covariance(self.system, y, H, codes)
+        out = self.model(y, H, codes, snr_db)
+        R_eff = effective_covariance(out.R_pred, R_samp, self.beta, self.diag_loading)
+        return R_eff, out.k_logits
+
+    def covariance(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                   snr_db: torch.Tensor) -> torch.Tensor:
+        """R_eff ``[B, N, N]`` (complex64, trace N) that MUSIC sees, on the device of ``y``."""
+        R_eff, _ = self._forward(y, H, codes, snr_db)
+        return R_eff.to(y.device)
+
+    def num_sources(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                    snr_db: torch.Tensor) -> torch.Tensor:
+        """K̂ ``[B]`` int64 from the model's K head (argmax + 1), on the device of ``y``."""
+        _, logits = self._forward(y, H, codes, snr_db)
+        return (logits.argmax(-1) + 1).to(y.device)
+
+    def __call__(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, snr_db: torch.Tensor,
+                 num_sources: torch.Tensor | None = None) -> Estimates:
+        """Localize the sources of a batch of scenes.
+
+        ``num_sources`` ``[B]`` (oracle K) overrides the source count; otherwise K̂ comes
+        from the K head (``k_source="head"``) or from MDL on R_eff's eigenvalues (``"mdl"``).
+        """
+        R_eff, logits = self._forward(y, H, codes, snr_db)
+        if num_sources is not None:
+            k = torch.as_tensor(num_sources).to(self.device)
+        elif self.k_source == "head":
+            k = logits.argmax(-1) + 1  # class j means K = j + 1
+        else:
+            k = None  # localize estimates K̂ with MDL
+        est = localize(R_eff, self.system, num_sources=k, method="coarse_to_fine", order_method="mdl")
+        return est.to(y.device)
+
+    def __repr__(self) -> str:
+        return (f"Localizer(system={self.system.name!r}, beta={self.beta:g}, k_source={self.k_source!r}, "
+                f"device={str(self.device)!r})")

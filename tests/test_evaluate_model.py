@@ -1,0 +1,129 @@
+"""``python -m ris_dist.evaluate --checkpoint``: the learned model next to B1, B2 and the CRB."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ris_dist.config import load_system
+from ris_dist.model import build_model, model_config
+from ris_dist.train.checkpoint import save_weights
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = ("results.json", "report.md", "rmse_vs_snr.png", "rmse_vs_range.png", "success_vs_snr.png")
+ALL_METHODS = ["b1", "b2", "model", "model_oracle_k"]
+
+
+def make_checkpoint(path: Path, system: str = "tiny", **meta_extra) -> Path:
+    """A best/ folder like the trainer writes, from a freshly built (untrained) tiny model."""
+    cfg = model_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(load_system(system), cfg)
+    save_weights(path, model.state_dict(), {"step": 0, "metrics": {}, "system": system, "system_overrides": {},
+                                            "model": dataclasses.asdict(cfg), "beta": 0.5, "k_source": "head",
+                                            **meta_extra})
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "ris_dist.evaluate", *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=env)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from ris_dist.data import write_split
+
+    root = tmp_path_factory.mktemp("eval")
+    split = root / "test"
+    write_split(load_system("tiny"), 0, "test", 32, split, shard_size=16, progress=False)
+    return make_checkpoint(root / "run" / "phase2" / "best"), split, root
+
+
+@pytest.mark.slow
+def test_cli_with_checkpoint_writes_every_table_and_plot(setup):
+    ckpt, split, root = setup
+    out = root / "out"
+    proc = run_cli("--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in FILES:
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 0, name
+        assert f"wrote {path}" in proc.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"]) == ALL_METHODS and res["num_scenes"] == 32
+    assert res["crb"]["overall"]["crb_num_sources"] > 0 and len(res["crb"]["by_snr"]) == 5
+    for name in ALL_METHODS:
+        m = res["methods"][name]
+        assert len(m["by_snr"]) == 5 and len(m["by_range"]) == 5
+        assert sum(r["num_scenes"] for r in m["by_snr"]) == 32
+        for key in ("ratio_az_deg", "ratio_el_deg", "ratio_range_m", "crb_az_deg", "K_acc", "success"):
+            assert key in m["overall"] and all(key in r for r in m["by_snr"] + m["by_range"])
+    # the oracle-K variant gets the count right by construction
+    assert res["methods"]["model_oracle_k"]["overall"]["K_acc"] == 1.0
+    assert res["methods"]["b2"]["overall"]["K_acc"] == 1.0
+    report = (out / "report.md").read_text()
+    for name in ALL_METHODS:
+        assert f"## Method `{name}`" in report
+    assert report.count("| SNR (dB) |") == 4 and report.count("| range (m) |") == 4
+    assert "RMSE/√CRB r" in report and "## B3: CRB" in report
+
+
+def test_main_model_only_in_process(setup, capsys):
+    from ris_dist.evaluate import main
+
+    ckpt, split, root = setup
+    out = root / "only"
+    assert main(["--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(out), "--method", "model"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["model"]
+
+
+def _one_line_error(proc: subprocess.CompletedProcess | tuple[int, str], *needles: str) -> str:
+    """``proc``: a finished CLI subprocess, or (exit code, stderr) of an in-process ``main``."""
+    code, stderr = (proc.returncode, proc.stderr) if isinstance(proc, subprocess.CompletedProcess) else proc
+    assert code == 2, (code, stderr[-2000:])
+    err = stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_corrupt_model_pt_exits_2_with_one_line(setup, tmp_path, capsys):
+    _, split, _ = setup
+    ckpt = make_checkpoint(tmp_path / "best")
+    (ckpt / "model.pt").write_bytes(b"\x00garbage, not a torch file")
+    _one_line_error(run_cli("--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(tmp_path / "o")),
+                    str(ckpt / "model.pt"))
+    assert not (tmp_path / "o").exists()
+    (ckpt / "model.pt").write_bytes(b"PK\x03\x04truncated zip")
+    _one_line_error(in_process(capsys, "--checkpoint", str(ckpt), "--test-set", str(split)), "model.pt")
+
+
+def in_process(capsys, *args: str) -> tuple[int, str]:
+    from ris_dist.evaluate import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_missing_checkpoint_and_model_method_without_it(setup, tmp_path, capsys):
+    _, split, _ = setup
+    _one_line_error(in_process(capsys, "--checkpoint", str(tmp_path / "nope"), "--test-set", str(split)), "nope")
+    _one_line_error(in_process(capsys, "--test-set", str(split), "--method", "model"), "needs --checkpoint")
+
+
+def test_checkpoint_for_another_system_is_refused(setup, tmp_path, capsys):
+    _, split, _ = setup
+    # the same tiny network, trained (nominally) on a tiny system with fewer snapshots
+    ckpt = make_checkpoint(tmp_path / "best", system_overrides={"num_snapshots": 8})
+    _one_line_error(in_process(capsys, "--checkpoint", str(ckpt), "--test-set", str(split)), "differs from the system")
