@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 from pathlib import Path
@@ -126,7 +127,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no {BEST_WEIGHTS} (expected a folder written by the trainer)")
     try:
         weights = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         raise CheckpointError(f"{file}: unreadable weights ({' '.join(str(err).split())[:200]})") from None
     if not isinstance(weights, dict):
         raise CheckpointError(f"{file}: expected a state dict, got {type(weights).__name__}")

@@ -61,6 +61,9 @@ class OptimConfig:
     """Cosine decays to lr x min_lr_ratio at the last step."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; the gate decides only at the accumulation boundary."""
+    backbone_lr_mult_initial: float = 1.0
+    """Backbone LR multiplier during the first backbone_warm_steps steps (0 = frozen backbone)."""
+    backbone_warm_steps: int = 0
 
     def __post_init__(self) -> None:
         check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "must be > 0")
@@ -72,6 +75,9 @@ class OptimConfig:
         check(0 < self.warmup_floor <= 1, "warmup_floor", self.warmup_floor, "must be in (0, 1]")
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
         check(self.grad_accum_steps >= 1, "grad_accum_steps", self.grad_accum_steps, "must be >= 1")
+        check(0 <= self.backbone_lr_mult_initial <= 1, "backbone_lr_mult_initial", self.backbone_lr_mult_initial,
+              "must be in [0, 1]")
+        check(self.backbone_warm_steps >= 0, "backbone_warm_steps", self.backbone_warm_steps, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,8 @@ class ValConfig:
     """Where K̂ comes from when localizing: the model's K head, MDL, or the true K."""
     at_start: bool = False
     """Also validate before the first step (the reference 'first validation' of a phase)."""
+    image_scenes: int = 0
+    """Log MUSIC spectrum slices of this many fixed validation scenes to TensorBoard (needs localize)."""
     primary: Literal["loss", "k_loc"] = "loss"
     """Metric that picks the best checkpoint (loss: lower is better; k_loc: higher)."""
     patience: int = 0
@@ -162,10 +170,22 @@ class ValConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Phase acceptance gate, written to gate.json at the end of the run."""
+    """Phase acceptance gate, written to gate.json at the end of the run.
 
+    Criteria by kind (reference = the phase's first validation, i.e. the model it started from):
+    phase0: selftest + final val NMSE <= max_val_nmse.
+    phase1: K_acc and success do not fall, RMSEs do not rise (hybrid covariance helps MUSIC).
+    phase2: K_acc rises, K_under falls, RMSEs within rmse_tol.
+    phase3: K_acc and success do not fall (beyond drop_tol), RMSEs within rmse_tol.
+    """
+
+    kind: Literal["phase0", "phase1", "phase2", "phase3"] = "phase0"
     enforce: bool = True
     """A failed gate makes the process exit non-zero."""
+    rmse_tol: float = 0.1
+    """Relative RMSE increase allowed where RMSEs must be 'no worse' (phase2, phase3)."""
+    drop_tol: float = 0.0
+    """Absolute drop of K_acc/success allowed where they must 'not fall'."""
     max_val_nmse: float = 0.0
     """Phase 0: final validation NMSE must be <= this; 0 disables the criterion."""
     selftest_tol: float = 1e-4
@@ -237,13 +257,19 @@ class TrainConfig:
     max_steps: int = 0
     """Stop after this many optimizer steps (smoke runs); 0 = run all epochs."""
     init_from: str = ""
-    """Checkpoint folder whose model weights initialize this run (ignored when resuming)."""
+    """Weights that initialize this run (ignored when resuming): a best/ folder, or "auto" for
+    <output_dir>/<run_name>/<previous_phase>/best."""
+    previous_phase: str = ""
+    """The phase whose best model init_from=auto starts from."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig(**MODEL_PRESETS["tiny"]))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     ramps: dict[str, RampConfig] = field(default_factory=dict)
     """Per-weight ramps keyed by weight name (lam_k, lam_gap, ...)."""
+    auto_weights: dict[str, float] = field(default_factory=dict)
+    """Structure weights set at start-up so that term's share of the total loss is the given
+    fraction on a calibration batch (e.g. {lam_subspace: 0.1}); the resolved λ is logged and saved."""
     beta: BetaConfig = field(default_factory=BetaConfig)
     amp: AmpConfig = field(default_factory=AmpConfig)
     ema: AveragingConfig = field(default_factory=AveragingConfig)
@@ -263,12 +289,39 @@ class TrainConfig:
         weight_names = {f.name for f in dataclasses.fields(self.loss.weights)}
         for name in self.ramps:
             check(name in weight_names, f"ramps.{name}", name, f"not a loss weight ({', '.join(sorted(weight_names))})")
+        structure = {"lam_gap", "lam_subspace", "lam_peak", "lam_ortho"}
+        for name, frac in self.auto_weights.items():
+            check(name in structure, f"auto_weights.{name}", name, f"not a structure weight ({', '.join(sorted(structure))})")
+            check(0 < frac < 1, f"auto_weights.{name}", frac, "target fraction must be in (0, 1)")
+            check(getattr(self.loss.weights, name) == 0.0, f"auto_weights.{name}", name,
+                  "set either loss.weights or auto_weights for a term, not both")
+        check(sum(self.auto_weights.values()) < 1, "auto_weights", self.auto_weights, "fractions must sum to < 1")
+        check(self.init_from != "auto" or bool(self.previous_phase), "previous_phase", self.previous_phase,
+              "init_from=auto needs previous_phase")
+        if self.gate.kind != "phase0":
+            check(self.val.localize and self.val.at_start, "gate.kind", self.gate.kind,
+                  "localization gates need val.localize: true and val.at_start: true (the reference)")
         if self.mode == "pure_overfit":
             check_pure_overfit(self)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name / self.phase
+
+    def resolved_init_from(self) -> Path | None:
+        """The weights folder this run starts from; a missing predecessor is a one-line ConfigError."""
+        if not self.init_from:
+            return None
+        if self.init_from == "auto":
+            path = Path(self.output_dir) / self.run_name / self.previous_phase / "best"
+            if not (path / "model.pt").is_file():
+                raise ConfigError(f"init_from=auto: {path / 'model.pt'} not found; run {self.previous_phase} "
+                                  f"for run_name={self.run_name} first, or pass init_from=PATH")
+            return path
+        path = Path(self.init_from)
+        if not (path / "model.pt").is_file():
+            raise ConfigError(f"init_from: {path / 'model.pt'} not found")
+        return path
 
 
 def check_pure_overfit(cfg: TrainConfig) -> None:

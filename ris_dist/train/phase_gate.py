@@ -1,13 +1,16 @@
 """Phase acceptance gates, evaluated at the end of a phase and written to gate.json.
 
-Each criterion records its value, the reference it is compared with, the tolerance and
-pass/fail. Phase 0 (the smoke test) gates on NMSE and the loss self-test; later phases
-add K and localization criteria.
+Each criterion records its value, its reference, the tolerance and pass/fail. The reference
+of phases 1-3 is the phase's first validation, taken before the first step (``val.at_start``):
+the model the phase started from, i.e. the previous phase's best, on this phase's validation
+settings. NMSE is monitored everywhere but gates only phase 0.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+RMSES = ("rmse_az_deg", "rmse_el_deg", "rmse_range_m")
 
 
 def _criterion(name: str, value: float, reference: float, tolerance: float, passed: bool, rule: str) -> dict[str, Any]:
@@ -26,12 +29,48 @@ def selftest_criteria(selftest: dict[str, float], tol: float) -> list[dict[str, 
     ]
 
 
+def not_below(name: str, final: dict, first: dict, tol: float) -> dict[str, Any]:
+    return _criterion(name, final[name], first[name], tol, final[name] >= first[name] - tol,
+                      "final >= first - tolerance")
+
+
+def not_above_rel(name: str, final: dict, first: dict, tol: float) -> dict[str, Any]:
+    return _criterion(name, final[name], first[name], tol, final[name] <= first[name] * (1 + tol),
+                      "final <= first x (1 + tolerance)")
+
+
+def improves(name: str, final: dict, first: dict, higher_is_better: bool, best_possible: float) -> dict[str, Any]:
+    """Strictly better than the reference, or already at the best possible value."""
+    value, ref = final[name], first[name]
+    ok = (value > ref if higher_is_better else value < ref) or value == best_possible
+    return _criterion(name, value, ref, 0.0, ok, f"final {'>' if higher_is_better else '<'} first "
+                                                 f"(or = {best_possible:g})")
+
+
+def phase_criteria(kind: str, gate, first: dict[str, float], final: dict[str, float]) -> list[dict[str, Any]]:
+    if kind == "phase1":
+        # "Trend the right way": success and k_loc must rise; K_acc and the RMSEs must not get worse.
+        return [improves("success", final, first, True, 1.0), improves("k_loc", final, first, True, 1.0),
+                not_below("K_acc", final, first, gate.drop_tol), *(not_above_rel(m, final, first, 0.0) for m in RMSES)]
+    if kind == "phase2":
+        return [improves("K_acc", final, first, True, 1.0), improves("K_under", final, first, False, 0.0),
+                *(not_above_rel(m, final, first, gate.rmse_tol) for m in RMSES)]
+    if kind == "phase3":
+        return [not_below("K_acc", final, first, gate.drop_tol), not_below("success", final, first, gate.drop_tol),
+                *(not_above_rel(m, final, first, gate.rmse_tol) for m in RMSES)]
+    raise ValueError(f"gate.kind {kind!r} has no localization criteria")
+
+
 def evaluate_phase_gate(cfg, selftest: dict[str, float], first_val: dict[str, float],
                         last_val: dict[str, float]) -> dict[str, Any]:
-    criteria = selftest_criteria(selftest, cfg.gate.selftest_tol)
-    if cfg.gate.max_val_nmse > 0:
-        value = last_val["nmse"]
-        criteria.append(_criterion("val_nmse", value, cfg.gate.max_val_nmse, 0.0, value <= cfg.gate.max_val_nmse,
-                                   "final validation NMSE <= reference"))
-    return {"phase": cfg.phase, "passed": all(c["passed"] for c in criteria), "enforced": cfg.gate.enforce,
-            "criteria": criteria, "final_val": last_val, "first_val": first_val}
+    gate = cfg.gate
+    if gate.kind == "phase0":
+        criteria = selftest_criteria(selftest, gate.selftest_tol)
+        if gate.max_val_nmse > 0:
+            value = last_val["nmse"]
+            criteria.append(_criterion("val_nmse", value, gate.max_val_nmse, 0.0, value <= gate.max_val_nmse,
+                                       "final validation NMSE <= reference"))
+    else:
+        criteria = phase_criteria(gate.kind, gate, first_val, last_val)
+    return {"phase": cfg.phase, "kind": gate.kind, "passed": all(c["passed"] for c in criteria),
+            "enforced": gate.enforce, "criteria": criteria, "final_val": last_val, "first_val": first_val}

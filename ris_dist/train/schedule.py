@@ -22,8 +22,17 @@ def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def backbone_multiplier(step: int, cfg: OptimConfig) -> float:
+    """Extra factor on the backbone group: frozen (0) or slowed for the first steps of a phase."""
+    return cfg.backbone_lr_mult_initial if step < cfg.backbone_warm_steps else 1.0
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, total_steps, cfg))
+    """One lambda per group, in build_optimizer's order: backbone, head."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [
+        lambda s: lr_multiplier(s, total_steps, cfg) * backbone_multiplier(s, cfg),
+        lambda s: lr_multiplier(s, total_steps, cfg),
+    ])
 
 
 def build_optimizer(model, cfg: OptimConfig) -> torch.optim.AdamW:

@@ -25,7 +25,7 @@ from ..data.sampler import GlobalIndexStream
 from ..dist.backend import DeepSpeedBackend, TorchBackend, make_accelerator, using_deepspeed
 from ..dist.gate import GateDecision, step_gate
 from ..dist.preempt import PreemptionFlag
-from ..losses import LossWeights, compute_loss, format_selftest, selftest
+from ..losses import TERM_WEIGHTS, LossWeights, compute_loss, format_selftest, selftest
 from ..model import build_model
 from ..physics import simulate
 from . import checkpoint as ckpt
@@ -56,6 +56,10 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int = 0
     evals_since_best: int = 0
+    base_weights: dict[str, float] | None = None
+    """Static loss weights after auto_weights calibration; restored on resume, never recomputed."""
+    first_val: dict[str, float] | None = None
+    best_val: dict[str, float] | None = None
 
 
 def _digest(params: list[torch.Tensor]) -> str:
@@ -87,8 +91,10 @@ class Trainer:
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.optim)
-        if cfg.init_from:
-            model.load_state_dict(ckpt.load_weights(Path(cfg.init_from)))
+        init_path = cfg.resolved_init_from()
+        if init_path is not None:
+            model.load_state_dict(ckpt.load_weights(init_path))
+            logger.info("initialized from %s", init_path)
         if using_deepspeed():
             ds_cfg = acc.state.deepspeed_plugin.deepspeed_config
             ds_cfg["train_micro_batch_size_per_gpu"] = math.ceil(self.global_batch / self.world)
@@ -109,7 +115,6 @@ class Trainer:
         self.preempt = PreemptionFlag()
         self.selftest: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
-        self.first_val: dict[str, float] = {}
         self._last_val_step = -1
         self._t0, self._samples = time.perf_counter(), 0
         self._log_startup(counts)
@@ -142,8 +147,38 @@ class Trainer:
         self.monitor.text("config", "```\n" + dump_config(cfg) + "\n```")
 
     # -- the step ----------------------------------------------------------------
+    def _calibrate_weights(self) -> None:
+        """Resolve auto_weights: λ_t = f_t·base / ((1 − Σf)·raw_t) on a fixed calibration batch.
+
+        ``base`` is the loss of the explicitly weighted terms, so each calibrated term starts
+        at fraction f_t of the total. Every rank computes the same numbers (same batch,
+        same weights), and a resumed run reuses the stored result.
+        """
+        cfg = self.cfg
+        weights = dataclasses.asdict(cfg.loss.weights)
+        if cfg.auto_weights:
+            batch = simulate(self.system, torch.arange(min(cfg.data.val_scenes, 128)), cfg.data.seed,
+                             cfg.data.val_split, device=self.accelerator.device)
+            probe = LossWeights(**{**weights, **{k: 1.0 for k in cfg.auto_weights}})
+            with torch.no_grad(), self.backend.autocast():
+                out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
+            result = compute_loss(out, batch, self.system, cfg.beta.value(1), cfg.loss, probe)
+            base = sum(float(v) for k, v in result.weighted.items() if TERM_WEIGHTS[k] not in cfg.auto_weights)
+            scale = 1.0 / (1.0 - sum(cfg.auto_weights.values()))
+            for name, frac in cfg.auto_weights.items():
+                raw = float(result.raw[next(k for k, w in TERM_WEIGHTS.items() if w == name)])
+                if not (math.isfinite(raw) and raw > 0):
+                    raise RuntimeError(f"auto_weights.{name}: the term is {raw} on the calibration batch; "
+                                       "set its weight explicitly")
+                weights[name] = frac * base * scale / raw
+        self.state.base_weights = weights
+        logger.info("[WEIGHTS] resolved %s", " ".join(f"{k}={v:.4g}" for k, v in weights.items()))
+        if self.accelerator.is_main_process:
+            (self.run_dir / "weights.json").write_text(json.dumps(weights, indent=1))
+        self.monitor.scalars(self.state.step, weights, "weights")
+
     def _weights_at(self, step: int) -> LossWeights:
-        base = self.cfg.loss.weights
+        base = LossWeights(**self.state.base_weights)
         ramped = {f.name: getattr(base, f.name) * (self.cfg.ramps[f.name].factor(step) if f.name in self.cfg.ramps
                                                   else 1.0) for f in dataclasses.fields(base)}
         return LossWeights(**ramped)
@@ -241,6 +276,8 @@ class Trainer:
     def run(self) -> int:
         cfg, acc = self.cfg, self.accelerator
         self._resume_or_start()
+        if self.state.base_weights is None:
+            self._calibrate_weights()
         self._run_selftest()
         if cfg.val.at_start and self.state.step == 0:
             self._validate_and_track()
@@ -345,8 +382,10 @@ class Trainer:
         metrics = validate(self.accelerator, self.model, self.backend, self.system, cfg, self.val_loader,
                            cfg.beta.value(self.state.step))
         self.last_val, self._last_val_step = metrics, self.state.step
-        if not self.first_val:
-            self.first_val = metrics
+        if self.state.first_val is None:
+            self.state.first_val = metrics
+        if cfg.val.localize and cfg.val.image_scenes:
+            self._log_spectrum_images()
         logger.info("[VAL] step=%d %s", self.state.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         self.monitor.scalars(self.state.step, metrics, "val")
         value = metrics["nmse"] if cfg.val.primary == "loss" else metrics["k_loc"]
@@ -354,17 +393,46 @@ class Trainer:
                                                      else value > self.state.best_metric)
         if better:
             self.state.best_metric, self.state.best_step, self.state.evals_since_best = value, self.state.step, 0
+            self.state.best_val = metrics
             self._save_best(metrics)
         else:
             self.state.evals_since_best += 1
         return bool(cfg.val.patience) and self.state.evals_since_best >= cfg.val.patience
+
+    def _log_spectrum_images(self) -> None:
+        """MUSIC spectrum slices of a few fixed validation scenes, true and estimated sources marked."""
+        from ..covariance import effective_covariance
+        from ..localize import localize
+        from ..viz import music_spectrum_slices, scene_sources
+
+        cfg = self.cfg
+        count = min(cfg.val.image_scenes, cfg.data.val_scenes)
+        batch = simulate(self.system, torch.arange(count), cfg.data.seed, cfg.data.val_split,
+                         device=self.accelerator.device)
+        self.model.eval()
+        with torch.no_grad(), self.backend.autocast():  # every rank: ZeRO-3 forwards are collective
+            out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
+        self.model.train()
+        R_eff = effective_covariance(out.R_pred, batch.R_samp, cfg.beta.value(self.state.step))
+        if not self.accelerator.is_main_process:
+            return
+        k = out.k_logits.argmax(-1) + 1 if cfg.val.k_source == "head" else (
+            batch.num_sources if cfg.val.k_source == "oracle" else None)
+        est = localize(R_eff, self.system, num_sources=k)
+        for i in range(count):
+            image = music_spectrum_slices(R_eff[i], self.system, scene_sources(batch, i), scene_sources(est, i),
+                                          true_powers=batch.powers[i][batch.valid[i]].cpu().numpy(),
+                                          title=f"val scene {i}, step {self.state.step}")
+            self.monitor.image(f"music/scene{i}", image, self.state.step)
 
     def _save_best(self, metrics: dict[str, float]) -> None:
         state_dict = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
             ckpt.save_weights(self.run_dir / "best", state_dict, {
                 "step": self.state.step, "metrics": metrics, "system": self.cfg.system,
-                "beta": self.cfg.beta.value(self.state.step), "k_source": self.cfg.val.k_source,
+                "beta": self.cfg.beta.value(self.state.step),
+                # No true K at inference: a model validated with the oracle K is served with its head.
+                "k_source": "mdl" if self.cfg.val.k_source == "mdl" else "head",
                 "system_overrides": self.cfg.system_overrides, "model": dataclasses.asdict(self.cfg.model)})
         self.accelerator.wait_for_everyone()
 
@@ -387,11 +455,13 @@ class Trainer:
         if self._last_val_step != self.state.step:
             self._validate_and_track()
         self._save()
-        gate = evaluate_phase_gate(self.cfg, self.selftest, self.first_val, self.last_val)
+        # The gate judges what the phase hands on: its best checkpoint's validation.
+        gate = evaluate_phase_gate(self.cfg, self.selftest, self.state.first_val or {}, self.state.best_val or {})
+        gate["best_step"] = self.state.best_step
         if self.accelerator.is_main_process:
             (self.run_dir / "gate.json").write_text(json.dumps(gate, indent=1))
-        self.monitor.hparams({"phase": self.cfg.phase, "lr": self.cfg.optim.lr, "batch": self.global_batch},
-                             self.last_val)
+        self.monitor.hparams({"phase": self.cfg.phase, "lr": self.cfg.optim.lr, "batch": self.global_batch,
+                              "beta": self.cfg.beta.end, **(self.state.base_weights or {})}, self.state.best_val or {})
         logger.info("[GATE] %s %s", "PASS" if gate["passed"] else "FAIL",
                     " ".join(f"{c['name']}={c['value']:.4g}({'ok' if c['passed'] else 'FAIL'})"
                              for c in gate["criteria"]))

@@ -1,0 +1,62 @@
+"""Phase chaining through the run folder, and a failed gate's exit code (real runs)."""
+
+import json
+
+import pytest
+
+from trainrun import FAST, train
+
+SMOKE = FAST + ["max_steps=4"]
+P1 = SMOKE + ["val.image_scenes=1", "val.patience=0", "data.val_scenes=32", "data.val_batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def phase0(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    run = train(out, SMOKE)
+    assert run.returncode == 0, run.log[-3000:]
+    return out, run
+
+
+@pytest.mark.slow
+def test_phase1_starts_from_phase0_best(phase0):
+    out, p0 = phase0
+    run = train(out, P1 + ["gate.enforce=false"], config="configs/phase1.yaml")
+    assert run.returncode == 0, run.log[-3000:]
+    assert f"initialized from {p0.run_dir / 'best'}" in run.log
+    gate = json.loads((run.run_dir / "gate.json").read_text())
+    assert gate["kind"] == "phase1" and gate["first_val"]["num_scenes"] == 32
+    assert {"K_acc", "success", "k_loc", "rmse_az_deg"} <= {c["name"] for c in gate["criteria"]}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run.run_dir / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert "music/scene0" in acc.Tags()["images"]
+
+
+@pytest.mark.slow
+def test_missing_predecessor_is_a_clear_error(tmp_path):
+    run = train(tmp_path, P1, config="configs/phase1.yaml")
+    assert run.returncode == 2
+    line = run.log.strip().splitlines()[-1]
+    assert line.startswith("error: init_from=auto:") and "phase0/best/model.pt not found" in line
+
+
+@pytest.mark.slow
+def test_explicit_init_from_overrides_auto(phase0, tmp_path):
+    _, p0 = phase0
+    run = train(tmp_path, P1 + ["gate.enforce=false", f"init_from={p0.run_dir / 'best'}"],
+                config="configs/phase1.yaml")
+    assert run.returncode == 0, run.log[-3000:]
+    assert f"initialized from {p0.run_dir / 'best'}" in run.log
+
+
+@pytest.mark.slow
+def test_failed_gate_exits_non_zero_unless_not_enforced(tmp_path):
+    run = train(tmp_path / "a", SMOKE + ["gate.enforce=true", "gate.max_val_nmse=1e-9"])
+    assert run.returncode == 3
+    gate = json.loads((run.run_dir / "gate.json").read_text())
+    assert not gate["passed"] and gate["enforced"]
+    run = train(tmp_path / "b", SMOKE + ["gate.enforce=false", "gate.max_val_nmse=1e-9"])
+    assert run.returncode == 0
+    assert not json.loads((run.run_dir / "gate.json").read_text())["passed"]
