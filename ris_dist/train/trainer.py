@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..config import load_system
+from ..config import ConfigError, load_system
 from ..data.sampler import GlobalIndexStream
 from ..dist.backend import DeepSpeedBackend, TorchBackend, make_accelerator, using_deepspeed
 from ..dist.gate import GateDecision, step_gate
@@ -100,6 +100,9 @@ class Trainer:
             ds_cfg["train_micro_batch_size_per_gpu"] = math.ceil(self.global_batch / self.world)
             ds_cfg["gradient_accumulation_steps"] = 1
             ds_cfg["train_batch_size"] = ds_cfg["train_micro_batch_size_per_gpu"] * self.world
+        if using_deepspeed() and (cfg.ema.enabled or cfg.swa.enabled or cfg.amp.dtype != "none"):
+            raise ConfigError("ema/swa/amp.dtype: not supported under DeepSpeed here (set them in the DeepSpeed "
+                              "JSON, or use DDP)")
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if using_deepspeed():
             self.backend = DeepSpeedBackend(acc, self.model)
@@ -379,7 +382,7 @@ class Trainer:
     def _validate_and_track(self) -> bool:
         """Validate, track the best model; True means early stop."""
         cfg = self.cfg
-        metrics = validate(self.accelerator, self.model, self.backend, self.system, cfg, self.val_loader,
+        metrics = validate(self.accelerator, self._eval_model(), self.backend, self.system, cfg, self.val_loader,
                            cfg.beta.value(self.state.step))
         self.last_val, self._last_val_step = metrics, self.state.step
         if self.state.first_val is None:
@@ -409,10 +412,11 @@ class Trainer:
         count = min(cfg.val.image_scenes, cfg.data.val_scenes)
         batch = simulate(self.system, torch.arange(count), cfg.data.seed, cfg.data.val_split,
                          device=self.accelerator.device)
-        self.model.eval()
+        model = self._eval_model()
+        model.eval()
         with torch.no_grad(), self.backend.autocast():  # every rank: ZeRO-3 forwards are collective
-            out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
-        self.model.train()
+            out = model(batch.y, batch.H, batch.codes, batch.snr_db)
+        model.train()
         R_eff = effective_covariance(out.R_pred, batch.R_samp, cfg.beta.value(self.state.step))
         if not self.accelerator.is_main_process:
             return
@@ -425,10 +429,15 @@ class Trainer:
                                           title=f"val scene {i}, step {self.state.step}")
             self.monitor.image(f"music/scene{i}", image, self.state.step)
 
-    def _save_best(self, metrics: dict[str, float]) -> None:
-        state_dict = self.accelerator.get_state_dict(self.model)
+    def _eval_model(self):
+        """What validation and best/ see: the EMA weights when EMA is on, else the live model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _save_best(self, metrics: dict[str, float], folder: str = "best", model=None) -> None:
+        model = model if model is not None else self._eval_model()
+        state_dict = self.accelerator.get_state_dict(model) if model is self.model else model.state_dict()
         if self.accelerator.is_main_process:
-            ckpt.save_weights(self.run_dir / "best", state_dict, {
+            ckpt.save_weights(self.run_dir / folder, state_dict, {
                 "step": self.state.step, "metrics": metrics, "system": self.cfg.system,
                 "beta": self.cfg.beta.value(self.state.step),
                 # No true K at inference: a model validated with the oracle K is served with its head.
@@ -454,6 +463,8 @@ class Trainer:
     def _finish(self) -> int:
         if self._last_val_step != self.state.step:
             self._validate_and_track()
+        if self.swa is not None:
+            self._save_best(self.last_val, folder="swa", model=self.swa.module)
         self._save()
         # The gate judges what the phase hands on: its best checkpoint's validation.
         gate = evaluate_phase_gate(self.cfg, self.selftest, self.state.first_val or {}, self.state.best_val or {})
