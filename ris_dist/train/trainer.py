@@ -8,14 +8,11 @@ step followed by exactly one scheduler tick, or a skip that zeroes the gradients
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import signal
 import time
-from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -25,14 +22,16 @@ from ..data.sampler import GlobalIndexStream
 from ..dist.backend import DeepSpeedBackend, TorchBackend, make_accelerator, using_deepspeed
 from ..dist.gate import GateDecision, step_gate
 from ..dist.preempt import PreemptionFlag
-from ..losses import TERM_WEIGHTS, LossWeights, compute_loss, format_selftest, selftest
+from ..losses import LossWeights, compute_loss, format_selftest, selftest
 from ..model import build_model
 from ..physics import simulate
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_config
+from .instrument import log_skip, log_step, parameter_digest, record_indices, spectrum_images
 from .monitor import Monitor, setup_logging
 from .phase_gate import evaluate_phase_gate
 from .schedule import build_optimizer, build_scheduler
+from .weights import calibrate, weights_at
 from .validate import make_val_loader, validate
 
 logger = logging.getLogger("ris_dist.train")
@@ -60,13 +59,6 @@ class TrainerState:
     """Static loss weights after auto_weights calibration; restored on resume, never recomputed."""
     first_val: dict[str, float] | None = None
     best_val: dict[str, float] | None = None
-
-
-def _digest(params: list[torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for p in params:
-        h.update(p.detach().float().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class Trainer:
@@ -151,40 +143,12 @@ class Trainer:
 
     # -- the step ----------------------------------------------------------------
     def _calibrate_weights(self) -> None:
-        """Resolve auto_weights: λ_t = f_t·base / ((1 − Σf)·raw_t) on a fixed calibration batch.
-
-        ``base`` is the loss of the explicitly weighted terms, so each calibrated term starts
-        at fraction f_t of the total. Every rank computes the same numbers (same batch,
-        same weights), and a resumed run reuses the stored result.
-        """
-        cfg = self.cfg
-        weights = dataclasses.asdict(cfg.loss.weights)
-        if cfg.auto_weights:
-            batch = simulate(self.system, torch.arange(min(cfg.data.val_scenes, 128)), cfg.data.seed,
-                             cfg.data.val_split, device=self.accelerator.device)
-            probe = LossWeights(**{**weights, **{k: 1.0 for k in cfg.auto_weights}})
-            with torch.no_grad(), self.backend.autocast():
-                out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
-            result = compute_loss(out, batch, self.system, cfg.beta.value(1), cfg.loss, probe)
-            base = sum(float(v) for k, v in result.weighted.items() if TERM_WEIGHTS[k] not in cfg.auto_weights)
-            scale = 1.0 / (1.0 - sum(cfg.auto_weights.values()))
-            for name, frac in cfg.auto_weights.items():
-                raw = float(result.raw[next(k for k, w in TERM_WEIGHTS.items() if w == name)])
-                if not (math.isfinite(raw) and raw > 0):
-                    raise RuntimeError(f"auto_weights.{name}: the term is {raw} on the calibration batch; "
-                                       "set its weight explicitly")
-                weights[name] = frac * base * scale / raw
+        weights = calibrate(self.cfg, self.model, self.backend, self.system, self.accelerator.device)
         self.state.base_weights = weights
         logger.info("[WEIGHTS] resolved %s", " ".join(f"{k}={v:.4g}" for k, v in weights.items()))
         if self.accelerator.is_main_process:
             (self.run_dir / "weights.json").write_text(json.dumps(weights, indent=1))
         self.monitor.scalars(self.state.step, weights, "weights")
-
-    def _weights_at(self, step: int) -> LossWeights:
-        base = LossWeights(**self.state.base_weights)
-        ramped = {f.name: getattr(base, f.name) * (self.cfg.ramps[f.name].factor(step) if f.name in self.cfg.ramps
-                                                  else 1.0) for f in dataclasses.fields(base)}
-        return LossWeights(**ramped)
 
     def _inject_value(self, step: int) -> float | None:
         inj = self.cfg.debug.inject_nonfinite_grad
@@ -222,7 +186,7 @@ class Trainer:
                                                                                        float]:
         cfg = self.cfg
         step = self.state.step + 1
-        weights, beta = self._weights_at(step), cfg.beta.value(step)
+        weights, beta = weights_at(self.state.base_weights, cfg.ramps, step), cfg.beta.value(step)
         inject = self._inject_value(step)
         sums: dict[str, float] = {}
         for i, (local, global_count) in enumerate(micro_batches):
@@ -258,11 +222,8 @@ class Trainer:
             with self.backend.full_parameters() as params:
                 delta = float(torch.sqrt(sum(((p.detach().float() - b) ** 2).sum() for p, b in zip(params, before))))
         if not decision.step:
-            # Every rank says it: a skip must be visible per rank, with the scale it leaves behind.
-            scale = self.backend.loss_scale()
-            logging.getLogger("ris_dist.gate").warning(
-                "[SKIP] rank=%d step=%d reason=%s skipped=%d%s", self.accelerator.process_index, step,
-                decision.reason, sum(self.state.skipped.values()), "" if scale is None else f" scale={scale:g}")
+            log_skip(self.accelerator.process_index, step, decision.reason, sum(self.state.skipped.values()),
+                     self.backend.loss_scale())
         self.state.step = step
         return decision, losses | {"beta": beta, **{k: v for k, v in dataclasses.asdict(weights).items()}}, delta
 
@@ -334,7 +295,7 @@ class Trainer:
     def step_once(self, micro: list[tuple[torch.Tensor, int]]) -> GateDecision:
         """One optimizer step with its instrumentation: what the loop (and the train-step bench) runs."""
         if self.cfg.debug.record_indices:
-            self._record_indices(micro)
+            record_indices(self.run_dir, self.accelerator.process_index, self.state.step + 1, self.state.epoch, micro)
         decision, losses, delta = self._optimizer_step(micro)
         self._samples += sum(count for _, count in micro)
         self._log_step(decision, losses, delta, self._samples / max(time.perf_counter() - self._t0, 1e-9))
@@ -359,25 +320,10 @@ class Trainer:
 
     def _log_step(self, d: GateDecision, losses: dict[str, float], delta: float, samples_per_s: float) -> None:
         step = self.state.step
-        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-        scale = self.backend.loss_scale()
-        changed = not d.step
-        if step % self.cfg.log.every_steps == 0 or step == 1 or changed:
-            logger.info("[LR] step=%d %s", step, " ".join(f"{k}={v:.3e}" for k, v in lrs.items()))
-            logger.info("[GRAD] step=%d norm=%.4g %s skipped=%d found_inf=%d%s loss=%.4g dparam=%.3g", step,
-                        d.grad_norm, "step" if d.step else f"skip({d.reason})", sum(self.state.skipped.values()),
-                        int(d.found_inf), "" if scale is None else f" scale={scale:g}", losses.get("total", 0.0),
-                        delta)
-            peak_mb = (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else _peak_rss_mb()
-            self.monitor.scalars(step, {**{f"lr_{k}": v for k, v in lrs.items()}, "grad_norm": d.grad_norm,
-                                        "stepped": float(d.step), "skipped_total": sum(self.state.skipped.values()),
-                                        "found_inf": float(d.found_inf), "loss_scale": scale, "delta_param": delta,
-                                        "samples_per_s": samples_per_s, "peak_mem_mb": peak_mb,
-                                        "real_steps": self.state.real_steps}, "train")
-            self.monitor.scalars(step, {k: v for k, v in losses.items() if k.startswith("w_") or k in (
-                "total", "beta") or k.startswith("lam_")}, "loss")
-            self.monitor.scalars(step, {k: v for k, v in losses.items() if not (k.startswith("w_") or k.startswith(
-                "lam_") or k in ("total", "beta"))}, "loss_raw")
+        if step % self.cfg.log.every_steps == 0 or step == 1 or not d.step:
+            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+            log_step(self.monitor, step, d, losses, delta, lrs, self.backend.loss_scale(),
+                     sum(self.state.skipped.values()), self.state.real_steps, samples_per_s)
 
     def _validate_and_track(self) -> bool:
         """Validate, track the best model; True means early stop."""
@@ -406,7 +352,6 @@ class Trainer:
         """MUSIC spectrum slices of a few fixed validation scenes, true and estimated sources marked."""
         from ..covariance import effective_covariance
         from ..localize import localize
-        from ..viz import music_spectrum_slices, scene_sources
 
         cfg = self.cfg
         count = min(cfg.val.image_scenes, cfg.data.val_scenes)
@@ -418,16 +363,11 @@ class Trainer:
             out = model(batch.y, batch.H, batch.codes, batch.snr_db)
         model.train()
         R_eff = effective_covariance(out.R_pred, batch.R_samp, cfg.beta.value(self.state.step))
-        if not self.accelerator.is_main_process:
-            return
-        k = out.k_logits.argmax(-1) + 1 if cfg.val.k_source == "head" else (
-            batch.num_sources if cfg.val.k_source == "oracle" else None)
-        est = localize(R_eff, self.system, num_sources=k)
-        for i in range(count):
-            image = music_spectrum_slices(R_eff[i], self.system, scene_sources(batch, i), scene_sources(est, i),
-                                          true_powers=batch.powers[i][batch.valid[i]].cpu().numpy(),
-                                          title=f"val scene {i}, step {self.state.step}")
-            self.monitor.image(f"music/scene{i}", image, self.state.step)
+        if self.accelerator.is_main_process:
+            k = out.k_logits.argmax(-1) + 1 if cfg.val.k_source == "head" else (
+                batch.num_sources if cfg.val.k_source == "oracle" else None)
+            spectrum_images(self.monitor, self.system, batch, R_eff, localize(R_eff, self.system, num_sources=k),
+                            self.state.step)
 
     def _eval_model(self):
         """What validation and best/ see: the EMA weights when EMA is on, else the live model."""
@@ -452,14 +392,6 @@ class Trainer:
         if self.accelerator.is_main_process:
             (self.run_dir / "preempted.json").unlink(missing_ok=True)
 
-    def _record_indices(self, micro: list[tuple[torch.Tensor, int]]) -> None:
-        folder = self.run_dir / "indices"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"rank{self.accelerator.process_index}.jsonl", "a") as fh:
-            for local, _ in micro:
-                fh.write(json.dumps({"step": self.state.step + 1, "epoch": self.state.epoch,
-                                     "indices": local.tolist()}) + "\n")
-
     def _finish(self) -> int:
         if self._last_val_step != self.state.step:
             self._validate_and_track()
@@ -482,12 +414,6 @@ class Trainer:
 
     def _log_digest(self) -> None:
         with self.backend.full_parameters() as params:
-            digest = _digest(params)
+            digest = parameter_digest(params)
         logging.getLogger("ris_dist.digest").warning("[DIGEST] rank=%d step=%d sha256=%s",
                                                      self.accelerator.process_index, self.state.step, digest)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
