@@ -138,7 +138,6 @@ class Trainer:
         weights = dataclasses.asdict(cfg.loss.weights)
         logger.info("[WEIGHTS] %s beta=%.3f->%.3f", " ".join(f"{k}={v:g}" for k, v in weights.items()),
                     cfg.beta.start, cfg.beta.end)
-        self.monitor.scalars(0, {**weights, "beta": cfg.beta.value(0)}, "weights")
         self.monitor.text("config", "```\n" + dump_config(cfg) + "\n```")
 
     # -- the step ----------------------------------------------------------------
@@ -148,7 +147,7 @@ class Trainer:
         logger.info("[WEIGHTS] resolved %s", " ".join(f"{k}={v:.4g}" for k, v in weights.items()))
         if self.accelerator.is_main_process:
             (self.run_dir / "weights.json").write_text(json.dumps(weights, indent=1))
-        self.monitor.scalars(self.state.step, weights, "weights")
+        self.monitor.scalars(self.state.step, {**weights, "beta": self.cfg.beta.value(self.state.step)}, "weights")
 
     def _inject_value(self, step: int) -> float | None:
         inj = self.cfg.debug.inject_nonfinite_grad
