@@ -176,9 +176,13 @@ class SystemConfig:
 
 
 def config_dir() -> Path:
-    """Where named configs live: $RIS_DIST_CONFIG_DIR, else the repository's ``configs/``."""
+    """Where named configs live: $RIS_DIST_CONFIG_DIR, else the source checkout's ``configs/``,
+    else ``./configs`` (a non-editable install run from the repository root)."""
     env = os.environ.get("RIS_DIST_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    return checkout if checkout.is_dir() else Path.cwd() / "configs"
 
 
 def resolve_named(kind: str, name_or_path: str | os.PathLike) -> Path:
