@@ -10,7 +10,8 @@ import torch
 from ris_dist.config import ConfigError, build, load_system
 from ris_dist.losses import LossConfig, LossWeights, compute_loss, nmse
 from ris_dist.model import MODEL_PRESETS, ModelConfig, ModelOutput, build_model, model_config
-from ris_dist.physics import simulate
+from ris_dist.model.net import second_order_features
+from ris_dist.physics import sample_covariance, simulate
 
 
 @contextlib.contextmanager
@@ -67,6 +68,30 @@ def test_input_scale_invariance(system, batch):
     torch.testing.assert_close(a.R_pred, b.R_pred, rtol=1e-4, atol=1e-4)
 
 
+def test_second_order_features_match_physics(system, batch):
+    """The model's in-forward R_samp is exactly physics.sample_covariance; the features are scale-free."""
+    f = second_order_features(system, batch.y, batch.H, batch.codes, batch.snr_db)
+    ref = sample_covariance(system, batch.y, batch.H, batch.codes)
+    torch.testing.assert_close(f["R_samp"], ref, rtol=1e-4, atol=1e-4)
+    g = second_order_features(system, batch.y * 31.6, batch.H * 0.1, batch.codes, batch.snr_db)
+    for key in f:
+        torch.testing.assert_close(f[key], g[key], rtol=1e-3, atol=1e-3)
+    # The back-projected noise (on R_samp's scale, from σ̂²): positive, larger at lower SNR.
+    tr = torch.diagonal(f["noise"], dim1=-2, dim2=-1).real.sum(-1)
+    assert (tr > 0).all()
+    lo, hi = batch.snr_db < 0, batch.snr_db > 15
+    assert tr[lo].mean() > tr[hi].mean()
+
+
+def test_r_pred_is_the_normalized_factor_product(system, batch):
+    """R_pred = N·F F^H / ‖F‖²_F with the returned factor F [B, N, r]."""
+    m = _model(system).eval()
+    with torch.no_grad():
+        out = m(batch.y[:4], batch.H[:4], batch.codes[:4], batch.snr_db[:4])
+    torch.testing.assert_close(out.R_pred, system.num_elements * out.factor @ out.factor.mH
+                               / (out.factor.abs() ** 2).sum(dim=(-2, -1))[:, None, None], rtol=1e-4, atol=1e-4)
+
+
 def test_bf16_autocast_forward(system, batch):
     m = _model(system).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -85,7 +110,7 @@ def test_parameter_groups_and_counts(system):
     assert not ids_b & ids_h and ids_b | ids_h == {id(p) for p in m.parameters()}
     counts = m.count_parameters()
     assert counts["total"] == sum(p.numel() for p in m.parameters()) == counts["backbone"] + counts["head"]
-    assert counts["total"] <= 300_000
+    assert counts["total"] <= 600_000
 
 
 def test_full_preset_size():

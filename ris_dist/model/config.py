@@ -32,31 +32,37 @@ class ModelConfig:
     ffn_mult: int = 4
     """FFN hidden width = ffn_mult * width."""
     cov_head_hidden: int = 256
-    """Hidden width of the covariance-head MLP (pooled features -> 2·N·r reals)."""
+    """Hidden width of the covariance-head MLP, applied per element token (token n -> 2·r reals
+    = row n of the factor F)."""
     cov_head_layers: int = 2
-    """Hidden layers of the covariance-head MLP (>= 1)."""
+    """Hidden layers of the per-element covariance-head MLP (>= 1)."""
     k_head_hidden: int = 64
-    """Hidden width of the source-count head MLP (pooled features -> K_max logits)."""
+    """Hidden width of the source-count head MLP (mean of the final tokens -> K_max logits)."""
+    snapshot_features: bool = True
+    """Append the back-projected snapshots x̂_{1..L}[n] (re/im) to element token n."""
 
     def __post_init__(self) -> None:
         for key in ("width", "depth", "heads", "ffn_mult", "cov_head_hidden", "cov_head_layers", "k_head_hidden"):
             value = getattr(self, key)
             check(value >= 1, key, value, "must be >= 1")
         check(self.width % self.heads == 0, "heads", self.heads, f"must divide width = {self.width}")
+        check(isinstance(self.snapshot_features, bool), "snapshot_features", self.snapshot_features,
+              "must be true or false")
         check(self.rank >= 1, "rank", self.rank, "the factor rank r must be >= 1")
         check(math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", self.dropout,
               "must satisfy 0 <= p < 1")
 
 
 # Sizes on their target systems (counted by tests/test_model.py):
-#   tiny on the tiny system (N=16, M=8, L=16, K_max=2): ~0.23M parameters, a few ms per CPU step.
-#   full on the full system (N=144, M=16, L=16, K_max=5): ~6.6M backbone + ~9.5M heads ≈ 16M,
+#   tiny on the tiny system (N=16, M=8, L=16, K_max=2): ~0.46M parameters (17 tokens), ~0.1 s per
+#   CPU step at batch 128.
+#   full on the full system (N=144, M=16, L=16, K_max=5): ~6.7M backbone + ~9.0M heads ≈ 15.7M,
 #   matching the design's "about 16M" and its 1:4 backbone:head learning-rate split.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(width=64, depth=2, heads=4, rank=4, dropout=0.0, ffn_mult=4,
-                 cov_head_hidden=256, cov_head_layers=2, k_head_hidden=64),
+    "tiny": dict(width=96, depth=3, heads=4, rank=4, dropout=0.0, ffn_mult=4,
+                 cov_head_hidden=256, cov_head_layers=2, k_head_hidden=64, snapshot_features=True),
     "full": dict(width=256, depth=8, heads=8, rank=8, dropout=0.0, ffn_mult=4,
-                 cov_head_hidden=2048, cov_head_layers=2, k_head_hidden=256),
+                 cov_head_hidden=2048, cov_head_layers=3, k_head_hidden=256, snapshot_features=True),
 }
 
 

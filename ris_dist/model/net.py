@@ -1,9 +1,23 @@
 """CovarianceNet: coded RIS snapshots + channel + SNR -> low-rank covariance and K logits.
 
-Backbone: a pre-norm transformer encoder over L snapshot tokens, M channel-row tokens and
-one SNR token, mean-pooled. Heads: an MLP emitting the complex factor F [B, N, r]
-(R_pred = N·F F^H / ‖F‖²_F, Hermitian PSD with trace N by construction) and an MLP
-emitting K logits for the classes 1..K_max.
+The network works on second-order statistics, tokenized per RIS element. Inside forward
+(no parameters involved, float32, autocast off) it computes, per scene:
+
+* ``R_samp`` = (1/L) Σ_l x̂_l x̂_l^H from the regularized back-projection x̂_l
+  (exactly :func:`ris_dist.physics.sample_covariance`), trace-normalized to N;
+* the back-projection operator ``Q = H^H (H H^H + δI)^{-1} H`` (x̂_l = (Q ∘ c̄_l c_l^T) x_l for
+  unit-modulus codes), which fixes the bias R_samp ≈ (1/L) Σ_l P_l R P_l^H, P_l = D_l^* Q D_l;
+* the back-projected noise covariance ``N_z = σ̂²·(1/L) Σ_l D_l^* H^H (H H^H + δI)^{-2} H D_l``
+  with σ̂² = mean|y|²/(1 + 10^{SNR/10}), on R_samp's scale (the part of R_samp that is noise);
+* the back-projected snapshots x̂_l themselves (first-order, on the same scale).
+
+Element token n (n = 0..N-1, the design's element order) = row n of R_samp, Q and N_z
+(re/im) + x̂_{1..L}[n] (re/im) -> Linear -> + a learned element-position embedding. One global
+token carries the SNR and R_samp's sorted eigenvalues. A pre-norm transformer attends across
+the N + 1 tokens. Heads: the factor F [B, N, r] is emitted PER ELEMENT TOKEN (token n ->
+MLP -> r complex values = row n of F), R_pred = N·F F^H / ‖F‖²_F (Hermitian PSD, trace N by
+construction, formed in float32 even under bf16 autocast); the K head reads the mean of all
+final tokens and emits logits for K = 1..K_max.
 """
 
 from __future__ import annotations
@@ -69,13 +83,52 @@ def _mlp(d_in: int, hidden: int, layers: int, d_out: int, dropout: float) -> nn.
     return nn.Sequential(*mods)
 
 
-def _rms(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    # The 1e-30 floor only keeps an all-zero input at 0 instead of 0/0; NaN/inf pass through.
-    return torch.sqrt((x.abs() ** 2).mean(dim=dims, keepdim=True)) + 1e-30
-
-
 def _re_im(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([z.real, z.imag], dim=-1)
+
+
+def _trace(R: torch.Tensor) -> torch.Tensor:
+    return torch.diagonal(R, dim1=-2, dim2=-1).real.sum(-1)
+
+
+def second_order_features(system: SystemConfig, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                          snr_db: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Scale-free float32/complex64 features of a batch (see the module docstring).
+
+    Returns ``R_samp`` [B,N,N] (trace N; equal to physics.sample_covariance), ``Q`` [B,N,N],
+    ``noise`` [B,N,N] (N_z on R_samp's scale), ``x`` [B,L,N] (x̂_l on R_samp's scale) and
+    ``eig`` [B,N] (R_samp's eigenvalues, descending, /N).
+    """
+    y = y.to(torch.complex64)
+    H = H.to(torch.complex64)
+    codes = codes.to(torch.complex64)
+    M, N = H.shape[-2], H.shape[-1]
+    L = y.shape[-2]
+    eye = torch.eye(M, dtype=H.dtype, device=H.device)
+    # Per-snapshot Gram G_l G_l^H = H diag(|c_l|²) H^H and δ exactly as physics.back_projection.
+    gram_l = torch.einsum("bmn,bln,bkn->blmk", H, (codes.abs() ** 2).to(H.dtype), H.conj())
+    delta_l = system.samp_delta_rel * torch.diagonal(gram_l, dim1=-2, dim2=-1).real.sum(-1) / M
+    inv_l = torch.linalg.inv(gram_l + delta_l[..., None, None] * eye)  # [B, L, M, M]
+    z = (inv_l @ y.unsqueeze(-1)).squeeze(-1)  # [B, L, M]
+    x = codes.conj() * (z @ H.conj())  # x̂_l = G_l^H z_l  [B, L, N]
+    R_raw = x.transpose(-1, -2) @ x.conj() / L
+    R_raw = 0.5 * (R_raw + R_raw.mH)
+    tr = _trace(R_raw)  # > 0 unless y == 0
+    scale = N / tr
+    R_samp = R_raw * scale[:, None, None]
+    x = x * torch.sqrt(scale)[:, None, None]
+    # Q from the snapshot-averaged Gram (all equal for unit-modulus codes).
+    inv = inv_l.mean(1)
+    Hh = H.mH
+    Q = Hh @ inv @ H
+    # Back-projected noise: σ² (1/L) Σ_l D_l^* H^H inv_l² H D_l, with σ̂² from the SNR.
+    Q2 = Hh[:, None] @ (inv_l @ inv_l) @ H[:, None]  # [B, L, N, N]
+    outer = codes.conj()[..., :, None] * codes[..., None, :]
+    Nz = (Q2 * outer).mean(1)
+    sig2 = (y.abs() ** 2).mean(dim=(-2, -1)) / (1.0 + 10.0 ** (snr_db.to(torch.float32) / 10.0))
+    noise = Nz * (sig2 * scale)[:, None, None]
+    eig = torch.linalg.eigvalsh(R_samp).flip(-1) / N
+    return {"R_samp": R_samp, "Q": Q, "noise": noise, "x": x, "eig": eig}
 
 
 class CovarianceNet(nn.Module):
@@ -84,25 +137,25 @@ class CovarianceNet(nn.Module):
     def __init__(self, system: SystemConfig, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.system = system
         self.N, self.M, self.L = system.num_elements, system.num_bs_antennas, system.num_snapshots
         self.K_max = system.max_sources
         d = cfg.width
-        # Snapshot token: y_l/rms (2M) | code c_l re/im (2N) | matched filter G_l^H y_l (2N).
-        self.snap_embed = nn.Linear(2 * self.M + 4 * self.N, d)
-        # Channel tokens: one per BS antenna row H[m, :] (2N); the antenna embedding ties
-        # row m to entry m of every y_l.
-        self.h_embed = nn.Linear(2 * self.N, d)
+        # Element token: rows n of R_samp, Q, N_z (3 × 2N) | x̂_{1..L}[n] (2L).
+        self.elem_in = 6 * self.N + (2 * self.L if cfg.snapshot_features else 0)
+        self.elem_embed = nn.Linear(self.elem_in, d)
         # Embeddings are modules, not bare Parameters: ZeRO-3 gathers parameters through
         # module forward hooks, and a bare top-level Parameter would stay partitioned.
-        self.antenna_embed = nn.Embedding(self.M, d)
-        self.snr_embed = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
-        self.type_embed = nn.Embedding(3, d)
+        self.pos_embed = nn.Embedding(self.N, d)
+        # Global token: SNR/10 and the N eigenvalues of R_samp (sorted, /N).
+        self.glob_embed = nn.Sequential(nn.Linear(1 + self.N, d), nn.GELU(), nn.Linear(d, d))
+        self.type_embed = nn.Embedding(2, d)
         self.embed_drop = _dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_Block(d, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(d)
-        self.cov_head = _mlp(d, cfg.cov_head_hidden, cfg.cov_head_layers, 2 * self.N * cfg.rank, cfg.dropout)
+        self.cov_head = _mlp(d, cfg.cov_head_hidden, cfg.cov_head_layers, 2 * cfg.rank, cfg.dropout)
         self.k_head = _mlp(d, cfg.k_head_hidden, 1, self.K_max, cfg.dropout)
-        nn.init.normal_(self.antenna_embed.weight, std=0.02)
+        nn.init.normal_(self.pos_embed.weight, std=0.02)
         nn.init.normal_(self.type_embed.weight, std=0.02)
 
     # ---- parameter groups (the trainer gives heads a higher learning rate) ----
@@ -122,35 +175,28 @@ class CovarianceNet(nn.Module):
 
     # ---- forward ----
     def _tokens(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
-        """Scale-free input features in float32 (autocast off: complex maths stays exact)."""
+        """[B, N + 1, d]: N element tokens, then the global token."""
         with torch.autocast(device_type=y.device.type, enabled=False):
-            y = y.to(torch.complex64)
-            H = H.to(torch.complex64)
-            codes = codes.to(torch.complex64)
-            # Per-scene RMS normalization: received power varies by 30+ dB across scenes
-            # and the covariance target is trace-normalized, so absolute scale carries no label.
-            yn = y / _rms(y, (-2, -1))
-            Hn = H / _rms(H, (-2, -1))
-            mf = codes.conj() * (yn @ Hn.conj())  # (G_l^H y_l)_n, [B, L, N]
-            mf = mf / _rms(mf, (-2, -1))
-            snap = torch.cat([_re_im(yn), _re_im(codes), _re_im(mf)], dim=-1)
-            rows = _re_im(Hn)  # [B, M, 2N]
-            snr = (snr_db.to(torch.float32) / 10.0)[:, None, None]  # ~unit range for -5..20 dB
-        kinds = self.type_embed(torch.arange(3, device=snap.device))
-        antennas = self.antenna_embed(torch.arange(self.M, device=snap.device))
-        t_snap = self.snap_embed(snap) + kinds[0]
-        t_h = self.h_embed(rows) + antennas + kinds[1]
-        t_snr = self.snr_embed(snr) + kinds[2]
-        return self.embed_drop(torch.cat([t_snap, t_h, t_snr], dim=1))
+            f = second_order_features(self.system, y, H, codes, snr_db)
+            parts = [_re_im(f["R_samp"]), _re_im(f["Q"]), _re_im(f["noise"])]
+            if self.cfg.snapshot_features:
+                parts.append(_re_im(f["x"].transpose(-1, -2)))  # [B, N, 2L]
+            elem = torch.cat(parts, dim=-1)
+            glob = torch.cat([(snr_db.to(torch.float32) / 10.0)[:, None], f["eig"]], dim=-1)[:, None, :]
+        kinds = self.type_embed(torch.arange(2, device=elem.device))
+        pos = self.pos_embed(torch.arange(self.N, device=elem.device))
+        t_elem = self.elem_embed(elem) + pos + kinds[0]
+        t_glob = self.glob_embed(glob) + kinds[1]
+        return self.embed_drop(torch.cat([t_elem, t_glob], dim=1))
 
     def forward(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, snr_db: torch.Tensor) -> ModelOutput:
         """y [B,L,M], H [B,M,N], codes [B,L,N] complex; snr_db [B] -> :class:`ModelOutput`."""
         x = self._tokens(y, H, codes, snr_db)
         for block in self.blocks:
             x = block(x)
-        pooled = self.final_norm(x).mean(dim=1)
-        raw = self.cov_head(pooled)
-        logits = self.k_head(pooled).float()
+        x = self.final_norm(x)
+        raw = self.cov_head(x[:, : self.N])  # [B, N, 2r]: row n of F from element token n
+        logits = self.k_head(x.mean(dim=1)).float()
         with torch.autocast(device_type=y.device.type, enabled=False):
             # The factor is formed from float32 even under bf16 autocast: R_pred is complex64.
             raw = raw.float().view(-1, self.N, self.cfg.rank, 2)
@@ -167,4 +213,3 @@ class CovarianceNet(nn.Module):
 def build_model(system: SystemConfig, cfg: ModelConfig) -> CovarianceNet:
     """The network for ``system`` with hyper-parameters ``cfg``."""
     return CovarianceNet(system, cfg)
-
