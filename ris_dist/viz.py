@@ -96,7 +96,7 @@ def music_spectrum_slices(R_eff: torch.Tensor, system: SystemConfig, truth: Sour
         best = int(np.argmax(powers))
     else:
         best = int(np.argmax(_spectrum_db(R, system, k, t_az, t_el, t_r)))
-    az0, el0, r0 = t_az[best], t_el[best], t_r[best]
+    el0, r0 = t_el[best], t_r[best]  # the slices pass through the strongest true source
 
     az = np.linspace(*system.azimuth_range_deg, grid_points)
     el = np.linspace(*system.elevation_range_deg, grid_points)

@@ -62,7 +62,7 @@ class TrainerState:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, preempt: PreemptionFlag | None = None):
         self.cfg = cfg
         self.accelerator = make_accelerator()
         acc = self.accelerator
@@ -107,7 +107,7 @@ class Trainer:
         self.monitor = Monitor(self.run_dir, acc.is_main_process)
         self.stream = GlobalIndexStream(cfg.data.train_scenes, cfg.data.seed, cfg.data.shuffle)
         self.val_loader = make_val_loader(acc, cfg.data.val_scenes, cfg.data.val_batch_size)
-        self.preempt = PreemptionFlag()
+        self.preempt = preempt if preempt is not None else PreemptionFlag()
         self.selftest: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
         self._last_val_step = -1

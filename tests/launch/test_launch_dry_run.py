@@ -1,0 +1,110 @@
+"""--dry-run prints each phase's sbatch script and command (valid bash); slurm/*.sh match it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from launch_helpers import ROOT, run_submit
+
+from ris_dist.launch.plain import render_chain_script, render_phase_script, sbatch_options
+from ris_dist.launch.profile import load_profile
+
+GPU = str(ROOT / "configs" / "cluster" / "example_gpu.yaml")
+
+
+def _sbatch_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("#SBATCH")]
+
+
+def test_dry_run_all_phases_two_nodes(tmp_path):
+    res = run_submit("--phase", "all", "--nodes", "2", "--gpus-per-node", "8", "--profile", GPU, "--dry-run",
+                     "max_steps=100", timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    script = tmp_path / "dry.sh"
+    script.write_text(out)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert out.count("#!/bin/bash") == 4
+    for p in range(4):
+        assert f"--job-name=ris-default-phase{p}" in out
+        assert f"--config configs/phase{p}.yaml run_name=default max_steps=100" in out
+    for p in range(1, 4):
+        assert f"#SBATCH --dependency='afterok:<job id of phase {p - 1}>'" in out
+    assert out.count("#SBATCH --nodes=2") == 4 and out.count("#SBATCH --ntasks-per-node=1") == 4
+    assert out.count("#SBATCH --gpus-per-node=8") == 4 and out.count("#SBATCH --requeue") == 4
+    assert "--num_machines 2 --num_processes 16 --machine_rank \"$NODE_RANK\"" in out
+    assert "--main_process_ip \"$MAIN_IP\" --main_process_port \"$MAIN_PORT\"" in out
+    assert "configs/accelerate/deepspeed_zero2.yaml" in out
+    assert "#SBATCH --signal=USR2@180" in out
+
+
+def test_dry_run_submits_nothing_and_needs_no_slurm(tmp_path):
+    res = run_submit("--phase", "0-1", "--dry-run", "--backend", "ddp", "--gpus-per-node", "4", timeout=60,
+                     env={"PATH": "/usr/bin:/bin", "SLURM_CONF": str(tmp_path / "missing.conf")})
+    assert res.returncode == 0, res.stderr
+    assert "--num_processes 4" in res.stdout
+
+
+def test_bad_phase_spec():
+    for spec in ("4", "2-1", "x", "0-9"):
+        res = run_submit("--phase", spec, "--dry-run", timeout=60)
+        assert res.returncode == 2 and res.stderr.startswith("error: --phase"), res.stderr
+
+
+def test_phase_alone_needs_previous_best(tmp_path):
+    res = run_submit("--phase", "2", "--cluster", "local", "--run-name", "nobest", f"output_dir={tmp_path}",
+                     timeout=60)
+    assert res.returncode == 2
+    err = res.stderr.strip()
+    assert "\n" not in err and "phase 1's best checkpoint" in err and "missing" in err, err
+
+
+def test_shipped_slurm_scripts_are_generated_and_equivalent():
+    profile = load_profile(GPU)
+    rel = "configs/cluster/example_gpu.yaml"
+    for p in range(4):
+        shipped = (ROOT / "slurm" / f"phase{p}.sh").read_text()
+        assert shipped == render_phase_script(p, profile, rel), f"slurm/phase{p}.sh is stale: regenerate it"
+    assert (ROOT / "slurm" / "chain.sh").read_text() == render_chain_script(rel)
+    # same resources as the submitit job of submit.py
+    res = run_submit("--phase", "0", "--profile", GPU, "--dry-run", timeout=60)
+    submitit_lines = set(_sbatch_lines(res.stdout))
+    for flag in sbatch_options(profile):
+        mine = [line for line in _sbatch_lines((ROOT / "slurm" / "phase0.sh").read_text())
+                if line.startswith(f"#SBATCH --{flag}")]
+        assert mine and mine[0] in submitit_lines, (flag, mine)
+    # same per-node command
+    cmd = re.search(r"^# (\S+ -m accelerate\.commands\.launch .*)$", res.stdout, re.M).group(1)
+    args = cmd.split(" -m accelerate.commands.launch ", 1)[1].replace('"$NODE_RANK"', "@NODE_RANK@")
+    plain = (ROOT / "slurm" / "phase0.sh").read_text()
+    assert args.replace("run_name=default", '"run_name=$RUN_NAME"') in plain
+
+
+@pytest.mark.parametrize("name", ["phase0.sh", "phase1.sh", "phase2.sh", "phase3.sh", "chain.sh"])
+def test_slurm_scripts_pass_bash_n_and_shellcheck(name):
+    path = ROOT / "slurm" / name
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    if shutil.which("shellcheck"):
+        res = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout
+    else:
+        print("shellcheck not installed: only bash -n checked")
+
+
+def test_plain_script_rejects_bad_run_name_and_overrides(tmp_path):
+    script = ROOT / "slurm" / "phase0.sh"
+    for env, args in (({"RUN_NAME": "x; id"}, []), ({"RUN_NAME": "ok"}, ["max_steps=$(id)"]),
+                      ({"RUN_NAME": "ok"}, ["a;b=1"])):
+        res = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=30,
+                             env={"PATH": "/usr/bin:/bin", **env}, cwd=tmp_path)
+        assert res.returncode == 2 and res.stderr.startswith("error:"), res.stderr
+
+
+def test_bad_trainer_override_fails_before_submitting():
+    res = run_submit("--phase", "0-1", "--dry-run", "max_stepz=5", timeout=60)
+    assert res.returncode == 2 and res.stdout == ""
+    err = res.stderr.strip()
+    assert err.startswith("error: configs/phase0.yaml: max_stepz: unknown key") and "\n" not in err, err
