@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import pickle
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +91,7 @@ class Localizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str | None = None,
-                        k_source: KSource | None = None) -> "Localizer":
+                        k_source: KSource | None = None, expect_system: SystemConfig | None = None) -> "Localizer":
         """Load ``path/model.pt`` and ``path/meta.json`` (a run's ``best/`` folder).
 
         Rebuilds the system from ``meta["system"]`` + ``meta["system_overrides"]`` and the
@@ -101,7 +100,8 @@ class Localizer:
         (``k_source: oracle``) has no true K at inference, so its own K̂ comes from the K head
         (with a warning); pass ``num_sources`` for oracle K. Raises :class:`CheckpointError`
         (one line, naming the file) for a missing folder, a missing or corrupt file, or
-        weights that do not fit the model.
+        weights that do not fit the model. With ``expect_system``, a checkpoint trained on
+        another system is refused before its weights are read (their shapes depend on it).
         """
         path = Path(path)
         if not path.is_dir():
@@ -113,13 +113,10 @@ class Localizer:
             model_cfg = build(ModelConfig, meta["model"], prefix="model.")
         except ConfigError as err:
             raise CheckpointError(f"{meta_file}: {' '.join(str(err).split())}") from None
-        try:
-            state = load_weights(path)  # weights_only=True inside; one-line CheckpointError naming model.pt
-        except pickle.UnpicklingError as err:
-            # load_weights converts RuntimeError/EOFError/OSError but not this one, which torch raises for
-            # a file that is not a zip archive or that pickles a non-tensor type: same cause, same message.
-            raise CheckpointError(f"{path / BEST_WEIGHTS}: unreadable weights "
-                                  f"({' '.join(str(err).split())[:200]})") from None
+        if expect_system is not None and system != expect_system:
+            raise CheckpointError(f"{path}: trained on system {system.name!r} ({meta_file}), which differs from "
+                                  f"the system of the data ({expect_system.name!r})")
+        state = load_weights(path)  # weights_only=True inside; one-line CheckpointError naming model.pt
         model = build_model(system, model_cfg)
         try:
             model.load_state_dict(state, strict=True)
