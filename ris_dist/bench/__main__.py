@@ -7,6 +7,7 @@ dependencies are missing) only fails when it is asked for, with a one-line error
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    result = module.run(args)
+    # stdout carries the JSON alone: libraries that log to stdout at import (DeepSpeed) go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = module.run(args)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_train_config(args.config, [f"output_dir={tmp}", "run_name=bench", "log.progress_bar=false",
                                           "checkpoint.resume=false", *args.overrides])
     trainer = Trainer(cfg)
+    trainer.begin()
     system, device = trainer.system, trainer.accelerator.device
     G = cfg.data.batch_size
     total = args.warmup + args.blocks * args.steps_per_block

@@ -236,14 +236,18 @@ class Trainer:
         return {k: float(v) / global_count for k, v in zip(keys, t)}
 
     # -- the loop ----------------------------------------------------------------
-    def run(self) -> int:
-        cfg, acc = self.cfg, self.accelerator
+    def begin(self) -> None:
+        """Everything before the first step: resume, loss-weight resolution, self-test, first validation."""
         self._resume_or_start()
         if self.state.base_weights is None:
             self._calibrate_weights()
         self._run_selftest()
-        if cfg.val.at_start and self.state.step == 0:
+        if self.cfg.val.at_start and self.state.step == 0:
             self._validate_and_track()
+
+    def run(self) -> int:
+        cfg, acc = self.cfg, self.accelerator
+        self.begin()
         accum = cfg.optim.grad_accum_steps
         stream = self.stream.iterate(self.state.epoch, self.state.position, self.global_batch,
                                      acc.process_index, self.world, end_epoch=cfg.epochs)
