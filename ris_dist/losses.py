@@ -16,7 +16,7 @@ Structure terms use the TRUE K and the true steering vectors. Rules they all obe
 * non-finite in -> non-finite out: LAPACK's eigvalsh raises or returns finite garbage for
   NaN input, so such scenes are evaluated on I and every structure term adds a per-scene
   "poison" 0·ΣR̄ that is NaN iff R̄ has a non-finite entry. Nothing is clamped or
-  nan_to_num'ed; the trainer's step gate sees the NaN.
+  replaced by finite values; the trainer's step gate sees the NaN.
 """
 
 from __future__ import annotations
