@@ -12,6 +12,8 @@ from ris_dist.config import load_system
 from ris_dist.data import GlobalIndexStream, SceneDataset, collate_scene_batches, rank_slice, shard_for_rank
 from ris_dist.physics import SceneBatch, simulate
 
+from scene_asserts import assert_same_scenes
+
 SEED = 1234
 
 
@@ -118,24 +120,14 @@ def tiny():
     return load_system("tiny")
 
 
-def _assert_same(a: SceneBatch, b: SceneBatch) -> None:
-    for name, x in vars(a).items():
-        y = getattr(b, name)
-        assert x.shape == y.shape and x.dtype == y.dtype, name
-        if x.is_floating_point() or x.is_complex():
-            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
-        else:
-            assert torch.equal(x, y), name
-
-
 def test_scene_dataset_matches_simulate(tiny) -> None:
     ds = SceneDataset(tiny, SEED, "train", 40)
     assert len(ds) == 40
     idx = [3, 17, 39, 0]
-    _assert_same(ds.__getitems__(idx), simulate(tiny, idx, SEED, "train"))
+    assert_same_scenes(ds.__getitems__(idx), simulate(tiny, idx, SEED, "train"))
     one = ds[17]
     assert len(one) == 1
-    _assert_same(one, simulate(tiny, [17], SEED, "train"))
+    assert_same_scenes(one, simulate(tiny, [17], SEED, "train"))
     with pytest.raises(IndexError):
         ds[40]
     with pytest.raises(IndexError):
@@ -146,7 +138,7 @@ def test_collate(tiny) -> None:
     ds = SceneDataset(tiny, SEED, "train", 10)
     batch = ds.__getitems__([1, 2])
     assert collate_scene_batches(batch) is batch
-    _assert_same(collate_scene_batches([ds[1], ds[2]]), batch)
+    assert_same_scenes(collate_scene_batches([ds[1], ds[2]]), batch)
     with pytest.raises(ValueError):
         collate_scene_batches([])
 
@@ -157,7 +149,7 @@ def test_dataloader_batched_fetch(tiny, num_workers: int) -> None:
     loader = DataLoader(ds, batch_size=8, shuffle=False, num_workers=num_workers, collate_fn=collate_scene_batches)
     batches = list(loader)
     assert [len(b) for b in batches] == [8, 8, 7]
-    _assert_same(SceneBatch.cat(batches), simulate(tiny, list(range(23)), SEED, "val"))
+    assert_same_scenes(SceneBatch.cat(batches), simulate(tiny, list(range(23)), SEED, "val"))
 
 
 def test_dataloader_with_index_stream(tiny) -> None:

@@ -17,6 +17,8 @@ from ris_dist.config import ConfigError, load_system
 from ris_dist.data import DataError, load_split, write_split
 from ris_dist.physics import SceneBatch, simulate
 
+from scene_asserts import assert_same_scenes
+
 SEED = 7
 SPLIT = "test"
 COUNT = 45  # 3 shards of 16, the last short
@@ -42,26 +44,16 @@ def copy(written: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _assert_same(a: SceneBatch, b: SceneBatch) -> None:
-    for name, x in vars(a).items():
-        y = getattr(b, name)
-        assert x.shape == y.shape and x.dtype == y.dtype, name
-        if x.is_floating_point() or x.is_complex():
-            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
-        else:
-            assert torch.equal(x, y), name
-
-
 def test_round_trip_reproduces_simulate(written: Path, tiny) -> None:
     split = load_split(written)
     assert len(split) == COUNT and split.seed == SEED and split.split == SPLIT and split.system == tiny
     idx = [44, 0, 15, 16, 31, 32, 5]  # unsorted, across every shard boundary
-    _assert_same(split.get(idx), simulate(tiny, idx, SEED, SPLIT))
-    _assert_same(split.__getitems__(idx), split.get(idx))
-    _assert_same(split[16], simulate(tiny, [16], SEED, SPLIT))
+    assert_same_scenes(split.get(idx), simulate(tiny, idx, SEED, SPLIT))
+    assert_same_scenes(split.__getitems__(idx), split.get(idx))
+    assert_same_scenes(split[16], simulate(tiny, [16], SEED, SPLIT))
     batches = list(split.batches(20))
     assert [len(b) for b in batches] == [20, 20, 5]
-    _assert_same(SceneBatch.cat(batches), simulate(tiny, torch.arange(COUNT), SEED, SPLIT))
+    assert_same_scenes(SceneBatch.cat(batches), simulate(tiny, torch.arange(COUNT), SEED, SPLIT))
     with pytest.raises(IndexError):
         split.get([COUNT])
 
@@ -74,7 +66,7 @@ def test_dataloader_workers_reopen_the_memory_maps(written: Path, tiny) -> None:
     split = load_split(written, verify=False)
     split.get([0])  # opens a shard; pickling to workers must not copy its arrays
     loader = DataLoader(split, batch_size=16, num_workers=2, collate_fn=collate_scene_batches)
-    _assert_same(SceneBatch.cat(list(loader)), simulate(tiny, torch.arange(COUNT), SEED, SPLIT))
+    assert_same_scenes(SceneBatch.cat(list(loader)), simulate(tiny, torch.arange(COUNT), SEED, SPLIT))
 
 
 def test_manifest_layout(written: Path) -> None:
