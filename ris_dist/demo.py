@@ -1,9 +1,11 @@
 """``make demo``: the tiny curriculum (phases 0→3) on this CPU, then the evaluation report.
 
-Runs ``python launch/submit.py --phase all --cluster local`` (the same chain the cluster runs,
-with the same gates), writes a frozen tiny test set once, evaluates the phase-3 model against
-B1, B2 and the CRB, and prints where the TensorBoard logdir and the report are. Re-running it
-resumes finished or interrupted phases from their checkpoints.
+Runs ``python launch/submit.py --phase all --cluster local --profile
+configs/cluster/workstation.yaml`` (the same chain the cluster runs, with the same gates; that
+profile gives the one training process both cores of the 2-core dev box), writes a frozen
+tiny test set once, evaluates the phase-3 model against B1, B2 and the CRB, and prints where
+the TensorBoard logdir and the report are. Re-running it resumes finished or interrupted
+phases from their checkpoints.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (test_set / "manifest.json").is_file():
         write_split(load_system("tiny"), seed=0, split="test", num_scenes=args.test_scenes, out_dir=test_set)
     rc = subprocess.call([sys.executable, str(ROOT / "launch" / "submit.py"), "--phase", "all", "--cluster", "local",
+                          "--profile", str(ROOT / "configs" / "cluster" / "workstation.yaml"),
                           "--run-name", args.run_name, *args.overrides], cwd=ROOT)
     if rc != 0:
         print(f"error: the curriculum stopped with exit code {rc}", file=sys.stderr)

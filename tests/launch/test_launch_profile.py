@@ -12,6 +12,8 @@ from ris_dist.launch.profile import ClusterProfile, load_profile
 def test_shipped_profiles_load():
     local = load_profile(ROOT / "configs" / "cluster" / "local.yaml")
     assert local.nodes == 1 and local.gpus_per_node == 0 and local.engine == "single" and local.procs == 1
+    workstation = load_profile(ROOT / "configs" / "cluster" / "workstation.yaml")
+    assert workstation.engine == "single" and workstation.cpus_per_task == 2 and workstation.env["OMP_NUM_THREADS"] == "2"
     gpu = load_profile(ROOT / "configs" / "cluster" / "example_gpu.yaml")
     assert gpu.nodes >= 2 and gpu.gpus_per_node == 8 and gpu.procs == 8 and gpu.backend.startswith("deepspeed")
 
