@@ -131,6 +131,29 @@ def crb(scenes: CrbScenes, system: SystemConfig, batch_size: int = 1024) -> torc
     return torch.cat(parts)
 
 
+def success_at_crb(std: torch.Tensor, valid: torch.Tensor, range_m: torch.Tensor,
+                   system: SystemConfig) -> torch.Tensor:
+    """Per scene ``[B]``: the success probability of an efficient estimator with the true K.
+
+    The estimator's errors are modelled as zero-mean Gaussians with the CRB standard
+    deviations ``std [B, K_max, 3]`` (from :func:`crb`), independent across parameters and
+    sources, and a scene succeeds when every valid source lands inside the success box of
+    :mod:`ris_dist.metrics` (|Δφ| ≤ τ_φ, |Δθ| ≤ τ_θ, |Δr| ≤ max(τ_r, rel·r)). So the value is
+    Π_k Π_a erf(τ_a / (√2 σ_ka)); a singular scene (σ = inf) gets 0.
+
+    A reference for how far a method is from the physical limit, not a bound: it ignores the
+    correlation of the errors, the threshold effect that puts every estimator above the CRB
+    at low SNR, and estimators that use the prior (these can beat it there).
+    """
+    s = system.success
+    tol = torch.stack([torch.full_like(range_m, s.azimuth_deg, dtype=torch.float64),
+                       torch.full_like(range_m, s.elevation_deg, dtype=torch.float64),
+                       torch.clamp(s.range_rel * range_m.to(torch.float64), min=s.range_abs_m)], dim=-1)
+    per_param = torch.special.erf(tol / (math.sqrt(2.0) * std.to(torch.float64)))  # σ = inf -> 0
+    per_source = torch.where(valid, per_param.prod(-1), torch.ones_like(per_param[..., 0]))
+    return per_source.prod(-1)
+
+
 class _Slice:
     """A view of the fields :func:`fisher` reads, restricted to some scene rows."""
 

@@ -43,6 +43,11 @@ def test_b1_b2_write_reports_and_b2_succeeds(system, batches, tmp_path):
     assert sum(r["num_scenes"] for r in res["methods"]["b2"]["by_snr"]) == 64
     report = (out / "report.md").read_text()
     assert "RMSE/√CRB φ" in report and "## Method `b1`" in report and "## Method `b2`" in report
+    # the efficient-estimator reference: a probability per bin that rises with SNR, in the report
+    ref = [r["success_at_crb"] for r in res["crb"]["by_snr"]]
+    assert all(0.0 <= v <= 1.0 for v in ref) and ref[0] < ref[-1]
+    assert sum(r["num_scenes"] for r in res["crb"]["by_snr"]) == 64
+    assert 0.0 < res["crb"]["overall"]["success_at_crb"] < 1.0 and "success at the CRB" in report
 
 
 def test_custom_method_and_nan_bins(system, batches):
