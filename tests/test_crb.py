@@ -14,11 +14,6 @@ from ris_dist.physics import simulate, steering
 
 
 @pytest.fixture(scope="module")
-def system():
-    return load_system("tiny")
-
-
-@pytest.fixture(scope="module")
 def scenes(system):
     return simulate(system, range(32), 7, "test")
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ris_dist.config import load_system
 from ris_dist.data import GlobalIndexStream, SceneDataset, collate_scene_batches, rank_slice, shard_for_rank
 from ris_dist.physics import SceneBatch, simulate
 
@@ -115,27 +114,22 @@ def test_invalid_arguments() -> None:
 # ------------------------------------------------------------------ SceneDataset
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_system("tiny")
-
-
-def test_scene_dataset_matches_simulate(tiny) -> None:
-    ds = SceneDataset(tiny, SEED, "train", 40)
+def test_scene_dataset_matches_simulate(system) -> None:
+    ds = SceneDataset(system, SEED, "train", 40)
     assert len(ds) == 40
     idx = [3, 17, 39, 0]
-    assert_same_scenes(ds.__getitems__(idx), simulate(tiny, idx, SEED, "train"))
+    assert_same_scenes(ds.__getitems__(idx), simulate(system, idx, SEED, "train"))
     one = ds[17]
     assert len(one) == 1
-    assert_same_scenes(one, simulate(tiny, [17], SEED, "train"))
+    assert_same_scenes(one, simulate(system, [17], SEED, "train"))
     with pytest.raises(IndexError):
         ds[40]
     with pytest.raises(IndexError):
         ds.__getitems__([1, -1])
 
 
-def test_collate(tiny) -> None:
-    ds = SceneDataset(tiny, SEED, "train", 10)
+def test_collate(system) -> None:
+    ds = SceneDataset(system, SEED, "train", 10)
     batch = ds.__getitems__([1, 2])
     assert collate_scene_batches(batch) is batch
     assert_same_scenes(collate_scene_batches([ds[1], ds[2]]), batch)
@@ -144,18 +138,18 @@ def test_collate(tiny) -> None:
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_dataloader_batched_fetch(tiny, num_workers: int) -> None:
-    ds = SceneDataset(tiny, SEED, "val", 23)
+def test_dataloader_batched_fetch(system, num_workers: int) -> None:
+    ds = SceneDataset(system, SEED, "val", 23)
     loader = DataLoader(ds, batch_size=8, shuffle=False, num_workers=num_workers, collate_fn=collate_scene_batches)
     batches = list(loader)
     assert [len(b) for b in batches] == [8, 8, 7]
-    assert_same_scenes(SceneBatch.cat(batches), simulate(tiny, list(range(23)), SEED, "val"))
+    assert_same_scenes(SceneBatch.cat(batches), simulate(system, list(range(23)), SEED, "val"))
 
 
-def test_dataloader_with_index_stream(tiny) -> None:
+def test_dataloader_with_index_stream(system) -> None:
     """Rank-local index batches from the stream drive a DataLoader via batch_sampler."""
     stream = GlobalIndexStream(12, SEED)
     local = [t.tolist() for _, _, t in itertools.islice(stream.iterate(0, 0, 6, rank=1, world_size=2), 2)]
-    ds = SceneDataset(tiny, SEED, "train", 12)
+    ds = SceneDataset(system, SEED, "train", 12)
     got = list(DataLoader(ds, batch_sampler=local, collate_fn=collate_scene_batches))
     assert [b.indices.tolist() for b in got] == local

@@ -7,15 +7,9 @@ import math
 
 import pytest
 
-from ris_dist.config import load_system
 from ris_dist.evaluate import EXIT_USER_ERROR, EvaluateError, evaluate_methods, main, parse_methods
 from ris_dist.localize.estimates import Estimates
 from ris_dist.physics import simulate
-
-
-@pytest.fixture(scope="module")
-def system():
-    return load_system("tiny")
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,6 @@ ALL_ON = LossWeights(lam_cov=1.0, lam_k=1.0, lam_gap=1.0, lam_subspace=1.0, lam_
 
 
 @pytest.fixture(scope="module")
-def system():
-    return load_system("tiny")
-
-
-@pytest.fixture(scope="module")
 def batch(system):
     return simulate(system, range(16), seed=11, split="train")
 

@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ris_dist.config import load_system
 from ris_dist.localize.estimates import Estimates
 from ris_dist.metrics import per_scene, score, table_by_bin
-
-
-@pytest.fixture(scope="module")
-def system():
-    return load_system("tiny")
 
 
 def _pad(rows: list[list[float]], k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,11 +26,6 @@ def _threads(n: int):
 
 
 @pytest.fixture(scope="module")
-def system():
-    return load_system("tiny")
-
-
-@pytest.fixture(scope="module")
 def batch(system):
     return simulate(system, range(64), seed=7, split="train")
 

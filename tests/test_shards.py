@@ -25,14 +25,9 @@ COUNT = 45  # 3 shards of 16, the last short
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return load_system("tiny")
-
-
-@pytest.fixture(scope="module")
-def written(tmp_path_factory, tiny) -> Path:
+def written(tmp_path_factory, system) -> Path:
     out = tmp_path_factory.mktemp("frozen") / "tiny-test"
-    write_split(tiny, SEED, SPLIT, COUNT, out, shard_size=16, progress=False, batch_size=7)
+    write_split(system, SEED, SPLIT, COUNT, out, shard_size=16, progress=False, batch_size=7)
     return out
 
 
@@ -44,21 +39,21 @@ def copy(written: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def test_round_trip_reproduces_simulate(written: Path, tiny) -> None:
+def test_round_trip_reproduces_simulate(written: Path, system) -> None:
     split = load_split(written)
-    assert len(split) == COUNT and split.seed == SEED and split.split == SPLIT and split.system == tiny
+    assert len(split) == COUNT and split.seed == SEED and split.split == SPLIT and split.system == system
     idx = [44, 0, 15, 16, 31, 32, 5]  # unsorted, across every shard boundary
-    assert_same_scenes(split.get(idx), simulate(tiny, idx, SEED, SPLIT))
+    assert_same_scenes(split.get(idx), simulate(system, idx, SEED, SPLIT))
     assert_same_scenes(split.__getitems__(idx), split.get(idx))
-    assert_same_scenes(split[16], simulate(tiny, [16], SEED, SPLIT))
+    assert_same_scenes(split[16], simulate(system, [16], SEED, SPLIT))
     batches = list(split.batches(20))
     assert [len(b) for b in batches] == [20, 20, 5]
-    assert_same_scenes(SceneBatch.cat(batches), simulate(tiny, torch.arange(COUNT), SEED, SPLIT))
+    assert_same_scenes(SceneBatch.cat(batches), simulate(system, torch.arange(COUNT), SEED, SPLIT))
     with pytest.raises(IndexError):
         split.get([COUNT])
 
 
-def test_dataloader_workers_reopen_the_memory_maps(written: Path, tiny) -> None:
+def test_dataloader_workers_reopen_the_memory_maps(written: Path, system) -> None:
     from torch.utils.data import DataLoader
 
     from ris_dist.data import collate_scene_batches
@@ -66,7 +61,7 @@ def test_dataloader_workers_reopen_the_memory_maps(written: Path, tiny) -> None:
     split = load_split(written, verify=False)
     split.get([0])  # opens a shard; pickling to workers must not copy its arrays
     loader = DataLoader(split, batch_size=16, num_workers=2, collate_fn=collate_scene_batches)
-    assert_same_scenes(SceneBatch.cat(list(loader)), simulate(tiny, torch.arange(COUNT), SEED, SPLIT))
+    assert_same_scenes(SceneBatch.cat(list(loader)), simulate(system, torch.arange(COUNT), SEED, SPLIT))
 
 
 def test_manifest_layout(written: Path) -> None:
@@ -148,9 +143,9 @@ def test_inconsistent_manifest(copy: Path, edit, pattern: str) -> None:
         load_split(copy, verify=False)
 
 
-def test_refuses_to_overwrite(written: Path, tiny) -> None:
+def test_refuses_to_overwrite(written: Path, system) -> None:
     with pytest.raises(DataError, match="refusing to overwrite"):
-        write_split(tiny, SEED, SPLIT, 4, written, progress=False)
+        write_split(system, SEED, SPLIT, 4, written, progress=False)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

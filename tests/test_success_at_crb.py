@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
-from ris_dist.config import load_system
 from ris_dist.crb import success_at_crb
 from ris_dist.localize.estimates import Estimates
 from ris_dist.metrics import per_scene
 from ris_dist.physics import simulate
 
 ONE_SIGMA = math.erf(1 / math.sqrt(2))  # P(|e| <= σ) for a Gaussian
-
-
-@pytest.fixture(scope="module")
-def system():
-    return load_system("tiny")
 
 
 def test_closed_form_values(system):
