@@ -23,6 +23,8 @@ The B3 curve in the plots and the ``crb`` section use all valid true sources of 
 The ``crb`` section also gives ``success_at_crb`` per bin: the success rate an efficient
 estimator would reach with the true K (:func:`ris_dist.crb.success_at_crb`), drawn as the
 B3 line of ``success_vs_snr.png``.
+With ``b1`` among the methods, ``paired`` compares every other method but B2 with it scene by
+scene (both / only one succeeds, exact McNemar p), overall and per SNR bin.
 """
 
 from __future__ import annotations
@@ -177,6 +179,40 @@ def _crb_tables(std: np.ndarray, snr: np.ndarray, rng_m: np.ndarray, scene_p: np
     return out
 
 
+PAIRED_REFERENCE = "b1"
+"""The method every other one (but B2, the oracle) is compared with scene by scene."""
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Scene-paired success counts of methods a and b with the exact two-sided McNemar p-value
+    (a binomial test on the discordant scenes; 1 when there are none)."""
+    from scipy.stats import binomtest
+
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return {"num_scenes": int(a.size), "both": int((a & b).sum()), "only_method": only_a,
+            "only_reference": only_b, "p_value": float(p)}
+
+
+def _paired_tables(per_method: Mapping[str, PerScene], snr_edges: np.ndarray) -> dict[str, Any]:
+    """Success of each method vs :data:`PAIRED_REFERENCE` on the same scenes, overall and per
+    SNR bin: the differences of a small test set are often a few scenes, and the p-value says
+    whether they are more than chance."""
+    if PAIRED_REFERENCE not in per_method:
+        return {}
+    ref = per_method[PAIRED_REFERENCE]
+    out: dict[str, Any] = {}
+    for name, ps in per_method.items():
+        if name in (PAIRED_REFERENCE, "b2"):
+            continue
+        b = bin_index(ps.snr_db, snr_edges)
+        out[name] = {"overall": _paired(ps.success, ref.success),
+                     "by_snr": [{"lo": float(snr_edges[i]), "hi": float(snr_edges[i + 1]),
+                                 **_paired(ps.success[b == i], ref.success[b == i])}
+                                for i in range(snr_edges.size - 1)]}
+    return out
+
+
 def evaluate_methods(batches: Iterable[SceneBatch], system: SystemConfig,
                      methods: Sequence[str] | Mapping[str, MethodFn], out_dir: str | Path | None,
                      snr_edges: Sequence[float] | None = None,
@@ -224,8 +260,8 @@ def evaluate_methods(batches: Iterable[SceneBatch], system: SystemConfig,
                            np.concatenate(scene_p), np.concatenate(scene_snr), np.concatenate(scene_range),
                            snr_e, rng_e),
     }
-    for name in fns:
-        ps = PerScene.cat(parts[name])
+    per_method = {name: PerScene.cat(parts[name]) for name in fns}
+    for name, ps in per_method.items():
         pc = np.concatenate(pair_crb[name])
         results["methods"][name] = {
             "seconds": seconds[name],
@@ -233,6 +269,7 @@ def evaluate_methods(batches: Iterable[SceneBatch], system: SystemConfig,
             "by_snr": _tables(ps, pc, system, "snr_db", snr_e),
             "by_range": _tables(ps, pc, system, "range_m", rng_e),
         }
+    results["paired"] = _paired_tables(per_method, snr_e)
     if out_dir is not None:
         write_outputs(results, Path(out_dir))
     return results
@@ -296,6 +333,16 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += [f"| [{m['lo']:g}, {m['hi']:g}) | {m['num_scenes']} | {_fmt(m['success_at_crb'])} |"
                   for m in results["crb"][table]]
         lines += [f"| **all** | {c['num_scenes']} | {_fmt(c['success_at_crb'])} |", ""]
+    if results["paired"]:
+        lines += [f"## Paired success vs `{PAIRED_REFERENCE}`", "",
+                  "Scenes where only the method succeeds, only the reference does, or both; p is the exact "
+                  "two-sided McNemar test on the discordant scenes (small p: the difference is not chance).", "",
+                  "| method | SNR (dB) | scenes | both | only method | only reference | p |", "|---|---|---|---|---|---|---|"]
+        for name, res in results["paired"].items():
+            for label, m in [*((f"[{m['lo']:g}, {m['hi']:g})", m) for m in res["by_snr"]), ("**all**", res["overall"])]:
+                lines.append(f"| {name} | {label} | {m['num_scenes']} | {m['both']} | {m['only_method']} | "
+                             f"{m['only_reference']} | {_fmt(m['p_value'], 2)} |")
+        lines.append("")
     return "\n".join(lines)
 
 
