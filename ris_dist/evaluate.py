@@ -240,7 +240,8 @@ def evaluate_methods(batches: Iterable[SceneBatch], system: SystemConfig,
         all_range.append(batch.range_m.cpu().numpy()[valid])
         scene_p.append(success_at_crb(std_t, batch.valid, batch.range_m, system).cpu().numpy())
         scene_snr.append(batch.snr_db.cpu().numpy())
-        scene_range.append(np.where(valid, batch.range_m.cpu().numpy(), 0.0).sum(1) / np.maximum(valid.sum(1), 1))
+        with np.errstate(invalid="ignore"):  # a scene without sources has no mean range (NaN: no bin)
+            scene_range.append(np.where(valid, batch.range_m.cpu().numpy(), 0.0).sum(1) / valid.sum(1))
         for name, fn in fns.items():
             t0 = time.perf_counter()
             est = fn(batch, system)
