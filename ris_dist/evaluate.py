@@ -307,6 +307,10 @@ def markdown_report(results: dict[str, Any]) -> str:
     lines = [f"# Evaluation: system `{results['system']}`, {results['num_scenes']} scenes", "",
              "√CRB: RMS of the per-source CRB std over the matched true sources of the row "
              "(stochastic CRB, known powers and noise).", ""]
+    if "model" in results:
+        m = results["model"]
+        lines += [f"Model: `{m['checkpoint']}`; MUSIC searches R_eff with β = {m['beta']:g}; "
+                  f"K̂ from `{m['k_source']}`.", ""]
 
     def row(label: str, m: dict[str, Any]) -> str:
         cells = [label, str(m["num_scenes"]), _fmt(m["K_acc"]), _fmt(m["success"])]
@@ -408,6 +412,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"method(s), repeatable or comma-separated (known: {', '.join([*METHODS, *MODEL_METHODS])}; "
                         "default all available)")
     p.add_argument("--out", default=None, help="output folder (default reports/<system>-<timestamp>)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="β of the R_eff that MUSIC searches for the model methods (default: the checkpoint's, "
+                        "i.e. the β its run validated with); for sweeps on a dev split, not on the test set")
     p.add_argument("--batch-size", type=int, default=256, help="scenes per batch")
     p.add_argument("--device", default=None, help="torch device for the methods and the CRB (default cpu)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -420,6 +427,8 @@ def _run(args: argparse.Namespace) -> list[Path]:
     methods = parse_methods(args.method, extra=MODEL_METHODS if args.checkpoint else ())
     if args.batch_size < 1:
         raise EvaluateError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.beta is not None and not (args.checkpoint and 0.0 <= args.beta <= 1.0):
+        raise EvaluateError(f"--beta {args.beta}: needs --checkpoint and a value in [0, 1]")
     test_dir = Path(args.test_set)
     if not test_dir.is_dir():
         raise EvaluateError(f"--test-set {test_dir}: no such directory")
@@ -430,6 +439,8 @@ def _run(args: argparse.Namespace) -> list[Path]:
         from .inference import Localizer  # torch model code only when a model is evaluated
 
         localizer = Localizer.from_checkpoint(args.checkpoint, device=args.device, expect_system=system)
+        if args.beta is not None:
+            localizer.beta = args.beta
         fns.update({name: fn for name, fn in model_methods(localizer).items() if name in methods})
     if args.system is not None:
         wanted = load_system(args.system)
@@ -441,6 +452,9 @@ def _run(args: argparse.Namespace) -> list[Path]:
         raise EvaluateError(f"--out {out}: exists and is not a directory")
     fns = {name: fns[name] for name in methods}  # the order the user asked for
     results = evaluate_methods(split.batches(args.batch_size, device=args.device), system, fns, out_dir=None)
+    if args.checkpoint:
+        results["model"] = {"checkpoint": str(args.checkpoint), "beta": localizer.beta,
+                            "k_source": localizer.k_source}
     return write_outputs(results, out)
 
 

@@ -101,22 +101,36 @@ class RampConfig:
 
 @dataclass(frozen=True)
 class BetaConfig:
-    """β of R_eff = (1-β)R_pred + βR_samp: linear from start to end over ramp_steps."""
+    """β of R_eff = (1-β)R_pred + βR_samp: linear from start to end over ramp_steps.
+
+    The loss (and the validation NMSE) see the ramped β. MUSIC, in validation, the spectrum
+    images and the saved ``best/`` checkpoint that ``Localizer``/``evaluate`` serve, sees
+    ``localize`` when it is set: the mix that localizes best need not be the one whose NMSE is
+    lowest (README, "Localization β").
+    """
 
     start: float = 0.0
     end: float = 0.0
     ramp_steps: int = 0
+    localize: float | None = None
+    """β of the R_eff that MUSIC searches; None = the training β at that step."""
 
     def __post_init__(self) -> None:
         check(0 <= self.start <= 1, "start", self.start, "must be in [0, 1]")
         check(0 <= self.end <= 1, "end", self.end, "must be in [0, 1]")
         check(self.ramp_steps >= 0, "ramp_steps", self.ramp_steps, "must be >= 0")
+        check(self.localize is None or 0 <= self.localize <= 1, "localize", self.localize,
+              "must be null or in [0, 1]")
 
     def value(self, step: int) -> float:
         if self.ramp_steps == 0:
             return self.end
         t = min(1.0, step / self.ramp_steps)
         return self.start + (self.end - self.start) * t
+
+    def localize_value(self, step: int) -> float:
+        """β of what MUSIC searches at ``step``."""
+        return self.value(step) if self.localize is None else self.localize
 
 
 @dataclass(frozen=True)
@@ -333,6 +347,7 @@ def check_pure_overfit(cfg: TrainConfig) -> None:
             raise ConfigError(f"mode=pure_overfit: {key} must be {want} (got {value!r})")
 
     need(cfg.beta.start == 0 and cfg.beta.end == 0, "beta", (cfg.beta.start, cfg.beta.end), "0")
+    need(cfg.beta.localize in (None, 0.0), "beta.localize", cfg.beta.localize, "null or 0")
     need(w.lam_cov == 1.0, "loss.weights.lam_cov", w.lam_cov, "1")
     for f in dataclasses.fields(w):
         if f.name != "lam_cov":

@@ -136,8 +136,8 @@ class Trainer:
         logger.info("Backbone: %.1fM @ LR=%.2e", counts["backbone"] / 1e6, lr)
         logger.info("Head: %.1fM @ LR=%.2e (%.1f×)", counts["head"] / 1e6, lr * mult, mult)
         weights = dataclasses.asdict(cfg.loss.weights)
-        logger.info("[WEIGHTS] %s beta=%.3f->%.3f", " ".join(f"{k}={v:g}" for k, v in weights.items()),
-                    cfg.beta.start, cfg.beta.end)
+        logger.info("[WEIGHTS] %s beta=%.3f->%.3f localize_beta=%.3f", " ".join(f"{k}={v:g}" for k, v in weights.items()),
+                    cfg.beta.start, cfg.beta.end, cfg.beta.localize_value(0))
         self.monitor.text("config", "```\n" + dump_config(cfg) + "\n```")
 
     # -- the step ----------------------------------------------------------------
@@ -147,7 +147,8 @@ class Trainer:
         logger.info("[WEIGHTS] resolved %s", " ".join(f"{k}={v:.4g}" for k, v in weights.items()))
         if self.accelerator.is_main_process:
             (self.run_dir / "weights.json").write_text(json.dumps(weights, indent=1))
-        self.monitor.scalars(self.state.step, {**weights, "beta": self.cfg.beta.value(self.state.step)}, "weights")
+        self.monitor.scalars(self.state.step, {**weights, "beta": self.cfg.beta.value(self.state.step),
+                                               "beta_localize": self.cfg.beta.localize_value(self.state.step)}, "weights")
 
     def _inject_value(self, step: int) -> float | None:
         inj = self.cfg.debug.inject_nonfinite_grad
@@ -224,7 +225,8 @@ class Trainer:
             log_skip(self.accelerator.process_index, step, decision.reason, sum(self.state.skipped.values()),
                      self.backend.loss_scale())
         self.state.step = step
-        return decision, losses | {"beta": beta, **{k: v for k, v in dataclasses.asdict(weights).items()}}, delta
+        return decision, losses | {"beta": beta, "beta_localize": cfg.beta.localize_value(step),
+                                   **{k: v for k, v in dataclasses.asdict(weights).items()}}, delta
 
     def _global_means(self, sums: dict[str, float], global_count: int, step: int) -> dict[str, float]:
         """Scene-weighted means over all ranks, on logging steps (step-based: all ranks reduce)."""
@@ -332,7 +334,7 @@ class Trainer:
         """Validate, track the best model; True means early stop."""
         cfg = self.cfg
         metrics = validate(self.accelerator, self._eval_model(), self.backend, self.system, cfg, self.val_loader,
-                           cfg.beta.value(self.state.step))
+                           cfg.beta.value(self.state.step), cfg.beta.localize_value(self.state.step))
         self.last_val, self._last_val_step = metrics, self.state.step
         if self.state.first_val is None:
             self.state.first_val = metrics
@@ -365,7 +367,7 @@ class Trainer:
         with torch.no_grad(), self.backend.autocast():  # every rank: ZeRO-3 forwards are collective
             out = model(batch.y, batch.H, batch.codes, batch.snr_db)
         model.train()
-        R_eff = effective_covariance(out.R_pred, batch.R_samp, cfg.beta.value(self.state.step))
+        R_eff = effective_covariance(out.R_pred, batch.R_samp, cfg.beta.localize_value(self.state.step))
         if self.accelerator.is_main_process:
             k = out.k_logits.argmax(-1) + 1 if cfg.val.k_source == "head" else (
                 batch.num_sources if cfg.val.k_source == "oracle" else None)
@@ -382,7 +384,9 @@ class Trainer:
         if self.accelerator.is_main_process:
             ckpt.save_weights(self.run_dir / folder, state_dict, {
                 "step": self.state.step, "metrics": metrics, "system": self.cfg.system,
-                "beta": self.cfg.beta.value(self.state.step),
+                # What Localizer serves: the β MUSIC was validated with, not the loss's.
+                "beta": self.cfg.beta.localize_value(self.state.step),
+                "train_beta": self.cfg.beta.value(self.state.step),
                 # No true K at inference: a model validated with the oracle K is served with its head.
                 "k_source": "mdl" if self.cfg.val.k_source == "mdl" else "head",
                 "system_overrides": self.cfg.system_overrides, "model": dataclasses.asdict(self.cfg.model)})
@@ -407,7 +411,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             (self.run_dir / "gate.json").write_text(json.dumps(gate, indent=1))
         self.monitor.hparams({"phase": self.cfg.phase, "lr": self.cfg.optim.lr, "batch": self.global_batch,
-                              "beta": self.cfg.beta.end, **(self.state.base_weights or {})}, self.state.best_val or {})
+                              "beta": self.cfg.beta.end, "beta_localize": self.cfg.beta.localize_value(self.state.step),
+                              **(self.state.base_weights or {})}, self.state.best_val or {})
         logger.info("[GATE] %s %s", "PASS" if gate["passed"] else "FAIL",
                     " ".join(f"{c['name']}={c['value']:.4g}({'ok' if c['passed'] else 'FAIL'})"
                              for c in gate["criteria"]))

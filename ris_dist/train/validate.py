@@ -34,8 +34,14 @@ def make_val_loader(accelerator, num_scenes: int, batch_size: int) -> DataLoader
 
 
 @torch.no_grad()
-def validate(accelerator, model, backend, system: SystemConfig, cfg, loader, beta: float) -> dict[str, float]:
-    """Metrics over the whole validation set, identical on every rank."""
+def validate(accelerator, model, backend, system: SystemConfig, cfg, loader, beta: float,
+             localize_beta: float | None = None) -> dict[str, float]:
+    """Metrics over the whole validation set, identical on every rank.
+
+    ``beta`` mixes the R_eff whose NMSE is reported (the loss's); MUSIC searches the R_eff mixed
+    with ``localize_beta`` (None = ``beta``).
+    """
+    localize_beta = beta if localize_beta is None else localize_beta
     model.eval()
     device = accelerator.device
     gathered: dict[str, list[torch.Tensor]] = {}
@@ -52,7 +58,8 @@ def validate(accelerator, model, backend, system: SystemConfig, cfg, loader, bet
             "k_head": out.k_logits.float().argmax(-1) + 1,
         }
         if cfg.val.localize:
-            fields.update(_localize_fields(system, cfg, R_eff, batch, fields["k_head"]))
+            R_music = R_eff if localize_beta == beta else effective_covariance(out.R_pred, batch.R_samp, localize_beta)
+            fields.update(_localize_fields(system, cfg, R_music, batch, fields["k_head"]))
         for key, value in fields.items():
             gathered.setdefault(key, []).append(accelerator.gather_for_metrics(value.contiguous()).cpu())
     model.train()
