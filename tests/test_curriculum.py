@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from trainrun import FAST, train
 
@@ -32,6 +33,11 @@ def test_phase1_starts_from_phase0_best(phase0):
     acc = EventAccumulator(str(run.run_dir / "tb"), size_guidance={"images": 0})
     acc.Reload()
     assert "music/scene0" in acc.Tags()["images"]
+    # The loss mixes β = 0.25; MUSIC and the served best/ use the config's localization β.
+    assert [e.value for e in acc.Scalars("loss/beta")][-1] == pytest.approx(0.25)
+    assert [e.value for e in acc.Scalars("loss/beta_localize")][-1] == pytest.approx(0.5)
+    meta = json.loads((run.run_dir / "best" / "meta.json").read_text())
+    assert (meta["beta"], meta["train_beta"]) == (0.5, 0.25)
 
 
 @pytest.mark.slow
@@ -45,10 +51,27 @@ def test_missing_predecessor_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_explicit_init_from_overrides_auto(phase0, tmp_path):
     _, p0 = phase0
-    run = train(tmp_path, P1 + ["gate.enforce=false", f"init_from={p0.run_dir / 'best'}"],
-                config="configs/phase1.yaml")
+    # beta.localize=1 with the true K: validation's MUSIC must see exactly the sample covariance.
+    run = train(tmp_path, P1 + ["gate.enforce=false", f"init_from={p0.run_dir / 'best'}", "beta.localize=1.0",
+                                "val.k_source=oracle"], config="configs/phase1.yaml")
     assert run.returncode == 0, run.log[-3000:]
     assert f"initialized from {p0.run_dir / 'best'}" in run.log
+    from ris_dist.config import load_system
+    from ris_dist.covariance import effective_covariance
+    from ris_dist.localize import localize
+    from ris_dist.metrics import aggregate, per_scene
+    from ris_dist.physics import simulate
+    from ris_dist.train.config import load_train_config
+
+    cfg = load_train_config(run.run_dir / "config.yaml")
+    system = load_system(cfg.system)
+    batch = simulate(system, torch.arange(cfg.data.val_scenes), cfg.data.seed, cfg.data.val_split)
+    R = effective_covariance(batch.R_samp, batch.R_samp, 1.0)
+    want = aggregate(per_scene(localize(R, system, num_sources=batch.num_sources), batch, system), system)
+    got = json.loads((run.run_dir / "gate.json").read_text())["first_val"]
+    assert got["num_scenes"] == 32 and got["success"] == pytest.approx(want["success"])
+    for key in ("rmse_az_deg", "rmse_el_deg", "rmse_range_m"):
+        assert got[key] == pytest.approx(want[key], rel=1e-3), key
 
 
 @pytest.mark.slow

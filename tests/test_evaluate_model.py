@@ -89,7 +89,42 @@ def test_main_model_only_in_process(setup, capsys):
     out = root / "only"
     assert main(["--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(out), "--method", "model"]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["model"]
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"]) == ["model"]
+    assert res["model"] == {"checkpoint": str(ckpt), "beta": 0.5, "k_source": "head"}  # β from meta.json
+    assert "MUSIC searches R_eff with β = 0.5" in (out / "report.md").read_text()
+
+
+def test_beta_override_sets_what_music_searches(setup, capsys):
+    """--beta 1 makes the model's R_eff the sample covariance: MUSIC on R_samp with the true K."""
+    from ris_dist.covariance import effective_covariance
+    from ris_dist.data import load_split
+    from ris_dist.evaluate import main
+    from ris_dist.localize import localize
+    from ris_dist.metrics import aggregate, per_scene
+
+    ckpt, split, root = setup
+    out = root / "beta1"
+    assert main(["--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(out),
+                 "--method", "model_oracle_k", "--beta", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["model"]["beta"] == 1.0
+    got = res["methods"]["model_oracle_k"]["overall"]
+    data = load_split(split)
+    system = data.system
+    batch = next(iter(data.batches(32)))
+    R = effective_covariance(batch.R_samp, batch.R_samp, 1.0)
+    want = aggregate(per_scene(localize(R, system, num_sources=batch.num_sources), batch, system), system)
+    assert got["success"] == pytest.approx(want["success"])
+    for key in ("rmse_az_deg", "rmse_el_deg", "rmse_range_m"):
+        assert got[key] == pytest.approx(want[key], rel=1e-3), key
+
+
+def test_bad_beta_is_a_one_line_error(setup, capsys):
+    ckpt, split, _ = setup
+    _one_line_error(in_process(capsys, "--checkpoint", str(ckpt), "--test-set", str(split), "--beta", "1.5"),
+                    "--beta 1.5")
+    _one_line_error(in_process(capsys, "--test-set", str(split), "--beta", "0.5"), "needs --checkpoint")
 
 
 def _one_line_error(proc: subprocess.CompletedProcess | tuple[int, str], *needles: str) -> str:
