@@ -32,7 +32,8 @@ def log_step(monitor: Monitor, step: int, d: GateDecision, losses: dict[str, flo
                            "stepped": float(d.step), "skipped_total": skipped, "found_inf": float(d.found_inf),
                            "loss_scale": scale, "delta_param": delta, "samples_per_s": samples_per_s,
                            "peak_mem_mb": peak_memory_mb(), "real_steps": real_steps}, "train")
-    weighted = {k: v for k, v in losses.items() if k.startswith(("w_", "lam_")) or k in ("total", "beta", "beta_localize")}
+    weighted = {k: v for k, v in losses.items()
+                if k.startswith(("w_", "lam_")) or k in ("total", "beta", "beta_localize")}
     monitor.scalars(step, weighted, "loss")
     monitor.scalars(step, {k: v for k, v in losses.items() if k not in weighted}, "loss_raw")
 

@@ -136,8 +136,9 @@ class Trainer:
         logger.info("Backbone: %.1fM @ LR=%.2e", counts["backbone"] / 1e6, lr)
         logger.info("Head: %.1fM @ LR=%.2e (%.1f×)", counts["head"] / 1e6, lr * mult, mult)
         weights = dataclasses.asdict(cfg.loss.weights)
-        logger.info("[WEIGHTS] %s beta=%.3f->%.3f localize_beta=%.3f", " ".join(f"{k}={v:g}" for k, v in weights.items()),
-                    cfg.beta.start, cfg.beta.end, cfg.beta.localize_value(0))
+        logger.info("[WEIGHTS] %s beta=%.3f->%.3f localize_beta=%.3f",
+                    " ".join(f"{k}={v:g}" for k, v in weights.items()), cfg.beta.start, cfg.beta.end,
+                    cfg.beta.localize_value(0))
         self.monitor.text("config", "```\n" + dump_config(cfg) + "\n```")
 
     # -- the step ----------------------------------------------------------------
@@ -147,8 +148,9 @@ class Trainer:
         logger.info("[WEIGHTS] resolved %s", " ".join(f"{k}={v:.4g}" for k, v in weights.items()))
         if self.accelerator.is_main_process:
             (self.run_dir / "weights.json").write_text(json.dumps(weights, indent=1))
-        self.monitor.scalars(self.state.step, {**weights, "beta": self.cfg.beta.value(self.state.step),
-                                               "beta_localize": self.cfg.beta.localize_value(self.state.step)}, "weights")
+        beta = self.cfg.beta
+        self.monitor.scalars(self.state.step, {**weights, "beta": beta.value(self.state.step),
+                                               "beta_localize": beta.localize_value(self.state.step)}, "weights")
 
     def _inject_value(self, step: int) -> float | None:
         inj = self.cfg.debug.inject_nonfinite_grad
