@@ -174,10 +174,14 @@ class ValConfig:
     """Metric that picks the best checkpoint (loss: lower is better; k_loc: higher)."""
     patience: int = 0
     """Early stop after this many validations without improvement; 0 = never."""
+    min_delta: float = 0.0
+    """An improvement of the primary metric counts (new best, patience reset) only beyond this
+    absolute margin, so a noise-level change does not replace the checkpoint the gate judges."""
 
     def __post_init__(self) -> None:
         check(self.every_steps >= 0, "every_steps", self.every_steps, "must be >= 0")
         check(self.patience >= 0, "patience", self.patience, "must be >= 0")
+        check(self.min_delta >= 0, "min_delta", self.min_delta, "must be >= 0")
         check(not (self.primary == "k_loc" and not self.localize), "primary", self.primary,
               "k_loc needs val.localize: true")
 

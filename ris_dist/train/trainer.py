@@ -345,8 +345,8 @@ class Trainer:
         logger.info("[VAL] step=%d %s", self.state.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         self.monitor.scalars(self.state.step, metrics, "val")
         value = metrics["nmse"] if cfg.val.primary == "loss" else metrics["k_loc"]
-        better = self.state.best_metric is None or (value < self.state.best_metric if cfg.val.primary == "loss"
-                                                     else value > self.state.best_metric)
+        best, margin = self.state.best_metric, cfg.val.min_delta
+        better = best is None or (value < best - margin if cfg.val.primary == "loss" else value > best + margin)
         if better:
             self.state.best_metric, self.state.best_step, self.state.evals_since_best = value, self.state.step, 0
             self.state.best_val = metrics
