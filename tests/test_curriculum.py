@@ -83,3 +83,14 @@ def test_failed_gate_exits_non_zero_unless_not_enforced(tmp_path):
     run = train(tmp_path / "b", SMOKE + ["gate.enforce=false", "gate.max_val_nmse=1e-9"])
     assert run.returncode == 0
     assert not json.loads((run.run_dir / "gate.json").read_text())["passed"]
+
+
+@pytest.mark.slow
+def test_min_delta_keeps_the_start_unless_beaten_by_the_margin(tmp_path):
+    # Phase 0 overfits: validation NMSE falls over the 4 steps, but never by 1e9.
+    run = train(tmp_path, SMOKE + ["val.at_start=true", "val.every_steps=2", "val.min_delta=1e9"])
+    assert run.returncode == 0, run.log[-3000:]
+    nmse = {step: r["nmse"] for step, r in run.records("val").items()}
+    assert sorted(nmse) == [0, 2, 4] and nmse[4] < nmse[0]
+    assert json.loads((run.run_dir / "gate.json").read_text())["best_step"] == 0
+    assert json.loads((run.run_dir / "best" / "meta.json").read_text())["step"] == 0

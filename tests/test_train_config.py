@@ -50,6 +50,8 @@ def test_unknown_keys_are_rejected_naming_the_key(override, key):
     ("optim.lr=abc", "lr"),
     ("data.batch_size=0", "batch_size"),
     ("optim.warmup_floor=0", "warmup_floor"),
+    ("beta.localize=1.5", "beta.localize"),
+    ("val.min_delta=-0.1", "val.min_delta"),
 ])
 def test_bad_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -65,6 +67,7 @@ def test_bad_values_are_rejected_naming_the_key(override, key):
     ("loss.weights.lam_ortho=1", "loss.weights.lam_ortho"),
     ("loss.weights.lam_cov=0.5", "loss.weights.lam_cov"),
     ("beta.end=0.2", "beta"),
+    ("beta.localize=0.5", "beta.localize"),
     ("optim.weight_decay=0.01", "optim.weight_decay"),
     ("model.dropout=0.1", "model.dropout"),
     ("amp.dtype=bf16", "amp.dtype"),
