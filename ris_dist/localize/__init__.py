@@ -1,12 +1,15 @@
 """Batched near-field MUSIC localization (system_model.md, "Localization").
 
 Public API: :func:`localize` (covariances → :class:`Estimates`), :func:`music_spectrum`,
-:func:`estimate_order` (MDL / AIC source count), :class:`SearchConfig` (search knobs).
+:func:`estimate_order` (MDL / AIC source count), :func:`choose_num_sources` (K̂ from the K head:
+MAP or expected success, :class:`SuccessTable`), :class:`SearchConfig` (search knobs).
 """
 
+from .decision import K_DECISIONS, KDecision, SuccessTable, choose_num_sources, fit_success_table
 from .estimates import Estimates
 from .grid import SearchConfig
 from .music import localize, music_spectrum
 from .order import estimate_order, information_criterion
 
-__all__ = ["Estimates", "SearchConfig", "estimate_order", "information_criterion", "localize", "music_spectrum"]
+__all__ = ["Estimates", "KDecision", "K_DECISIONS", "SearchConfig", "SuccessTable", "choose_num_sources", "estimate_order",
+           "fit_success_table", "information_criterion", "localize", "music_spectrum"]
