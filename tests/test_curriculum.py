@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,3 +95,31 @@ def test_min_delta_keeps_the_start_unless_beaten_by_the_margin(tmp_path):
     assert sorted(nmse) == [0, 2, 4] and nmse[4] < nmse[0]
     assert json.loads((run.run_dir / "gate.json").read_text())["best_step"] == 0
     assert json.loads((run.run_dir / "best" / "meta.json").read_text())["step"] == 0
+
+
+@pytest.mark.slow
+def test_success_rule_validation_scores_what_the_localizer_serves(phase0, tmp_path):
+    _, p0 = phase0
+    run = train(tmp_path, P1 + [f"init_from={p0.run_dir / 'best'}", "val.k_decision=success"],
+                config="configs/phase2.yaml")
+    assert run.returncode == 0, run.log[-3000:]
+    from ris_dist import Localizer
+    from ris_dist.config import load_system
+    from ris_dist.localize import SuccessTable
+    from ris_dist.metrics import aggregate, per_scene
+    from ris_dist.physics import simulate
+    from ris_dist.train.config import load_train_config
+
+    meta = json.loads((run.run_dir / "best" / "meta.json").read_text())
+    table = SuccessTable.from_json(meta["k_success_table"])
+    assert meta["k_decision"] == "success" and sum(map(sum, table.num_scenes)) == 32
+    cfg = load_train_config(run.run_dir / "config.yaml")
+    system = load_system(cfg.system)
+    batch = simulate(system, torch.arange(cfg.data.val_scenes), cfg.data.seed, cfg.data.val_split)
+    loc = Localizer.from_checkpoint(run.run_dir / "best")
+    served = aggregate(per_scene(loc(batch.y, batch.H, batch.codes, batch.snr_db), batch, system), system)
+    argmax = per_scene(loc(batch.y, batch.H, batch.codes, batch.snr_db, k_decision="map"), batch, system)
+    got = meta["metrics"]
+    assert got["K_acc"] == pytest.approx(served["K_acc"]) and got["success"] == pytest.approx(served["success"])
+    assert got["success_map"] == pytest.approx(argmax.success.mean())
+    assert got["k_head_acc"] == pytest.approx(np.mean(argmax.k_hat == argmax.k_true))

@@ -52,6 +52,8 @@ def test_unknown_keys_are_rejected_naming_the_key(override, key):
     ("optim.warmup_floor=0", "warmup_floor"),
     ("beta.localize=1.5", "beta.localize"),
     ("val.min_delta=-0.1", "val.min_delta"),
+    ("val.k_decision=success", "val.k_decision"),  # phase 0 neither localizes nor uses the K head
+    ("val.k_decision=vote", "val.k_decision"),
 ])
 def test_bad_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:

@@ -166,6 +166,10 @@ class ValConfig:
     """Also run MUSIC (localize) and the localization metrics."""
     k_source: Literal["head", "mdl", "oracle"] = "mdl"
     """Where K̂ comes from when localizing: the model's K head, MDL, or the true K."""
+    k_decision: Literal["map", "success"] = "map"
+    """How the K head's probabilities become K̂ (k_source: head): ``map`` = argmax (best K_acc);
+    ``success`` = argmax p(k)·q_k(SNR) with q_k calibrated on this validation (best expected
+    success; see ris_dist.localize.decision). Validation, best/meta.json and the Localizer use it."""
     at_start: bool = False
     """Also validate before the first step (the reference 'first validation' of a phase)."""
     image_scenes: int = 0
@@ -184,6 +188,8 @@ class ValConfig:
         check(self.min_delta >= 0, "min_delta", self.min_delta, "must be >= 0")
         check(not (self.primary == "k_loc" and not self.localize), "primary", self.primary,
               "k_loc needs val.localize: true")
+        check(self.k_decision == "map" or (self.localize and self.k_source == "head"), "k_decision",
+              self.k_decision, "success needs val.localize: true and val.k_source: head")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ..data.sampler import GlobalIndexStream
 from ..dist.backend import DeepSpeedBackend, TorchBackend, make_accelerator, using_deepspeed
 from ..dist.gate import GateDecision, step_gate
 from ..dist.preempt import PreemptionFlag
+from ..localize import SuccessTable
 from ..losses import LossWeights, compute_loss, format_selftest, selftest
 from ..model import build_model
 from ..physics import simulate
@@ -110,6 +111,7 @@ class Trainer:
         self.preempt = preempt if preempt is not None else PreemptionFlag()
         self.selftest: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
+        self.success_table: SuccessTable | None = None  # K̂ table of the last validation (k_decision: success)
         self._last_val_step = -1
         self._t0, self._samples = time.perf_counter(), 0
         self._log_startup(counts)
@@ -335,8 +337,9 @@ class Trainer:
     def _validate_and_track(self) -> bool:
         """Validate, track the best model; True means early stop."""
         cfg = self.cfg
-        metrics = validate(self.accelerator, self._eval_model(), self.backend, self.system, cfg, self.val_loader,
-                           cfg.beta.value(self.state.step), cfg.beta.localize_value(self.state.step))
+        result = validate(self.accelerator, self._eval_model(), self.backend, self.system, cfg, self.val_loader,
+                          cfg.beta.value(self.state.step), cfg.beta.localize_value(self.state.step))
+        metrics, self.success_table = result.metrics, result.success_table
         self.last_val, self._last_val_step = metrics, self.state.step
         if self.state.first_val is None:
             self.state.first_val = metrics
@@ -358,7 +361,7 @@ class Trainer:
     def _log_spectrum_images(self) -> None:
         """MUSIC spectrum slices of a few fixed validation scenes, true and estimated sources marked."""
         from ..covariance import effective_covariance
-        from ..localize import localize
+        from ..localize import choose_num_sources, localize
 
         cfg = self.cfg
         count = min(cfg.val.image_scenes, cfg.data.val_scenes)
@@ -371,8 +374,8 @@ class Trainer:
         model.train()
         R_eff = effective_covariance(out.R_pred, batch.R_samp, cfg.beta.localize_value(self.state.step))
         if self.accelerator.is_main_process:
-            k = out.k_logits.argmax(-1) + 1 if cfg.val.k_source == "head" else (
-                batch.num_sources if cfg.val.k_source == "oracle" else None)
+            k = choose_num_sources(out.k_logits, batch.snr_db, cfg.val.k_decision, self.success_table) \
+                if cfg.val.k_source == "head" else (batch.num_sources if cfg.val.k_source == "oracle" else None)
             spectrum_images(self.monitor, self.system, batch, R_eff, localize(R_eff, self.system, num_sources=k),
                             self.state.step)
 
@@ -381,8 +384,14 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _save_best(self, metrics: dict[str, float], folder: str = "best", model=None) -> None:
+        validated = model is None
         model = model if model is not None else self._eval_model()
         state_dict = self.accelerator.get_state_dict(model) if model is self.model else model.state_dict()
+        # The K̂ table is calibrated on the validated model; another one (SWA) is served with argmax.
+        k_decision = self.cfg.val.k_decision if validated else "map"
+        if k_decision != self.cfg.val.k_decision:
+            logger.info("%s/: K̂ by argmax (val.k_decision %s was calibrated on the validated model only)",
+                        folder, self.cfg.val.k_decision)
         if self.accelerator.is_main_process:
             ckpt.save_weights(self.run_dir / folder, state_dict, {
                 "step": self.state.step, "metrics": metrics, "system": self.cfg.system,
@@ -391,6 +400,8 @@ class Trainer:
                 "train_beta": self.cfg.beta.value(self.state.step),
                 # No true K at inference: a model validated with the oracle K is served with its head.
                 "k_source": "mdl" if self.cfg.val.k_source == "mdl" else "head",
+                "k_decision": k_decision,
+                "k_success_table": self.success_table.to_json() if k_decision == "success" else None,
                 "system_overrides": self.cfg.system_overrides, "model": dataclasses.asdict(self.cfg.model)})
         self.accelerator.wait_for_everyone()
 

@@ -3,10 +3,18 @@
 Scenes are sharded across ranks by an Accelerate-prepared loader over global indices and
 the per-scene results come back through ``gather_for_metrics``, which drops the padding of
 the last batch: the metrics are the same on 1 or N ranks. MUSIC failures raise.
+
+With ``val.k_decision: success`` every scene is localized once per candidate K̂ = 1..K_max;
+those runs calibrate the :class:`~ris_dist.localize.SuccessTable` (on all ranks' scenes),
+which then picks each scene's K̂ and so the estimates the metrics score. ``success_map``
+reports what the head's argmax would have scored on the same runs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -14,6 +22,16 @@ from ..config import SystemConfig
 from ..losses import nmse
 from ..physics import simulate
 from ..covariance import effective_covariance
+from ..localize import SuccessTable
+
+
+@dataclass
+class Validation:
+    """One validation's metrics (identical on every rank) and, with ``val.k_decision: success``,
+    the K̂ table calibrated on it (what ``best/meta.json`` then serves)."""
+
+    metrics: dict[str, float]
+    success_table: SuccessTable | None = None
 
 
 class _IndexDataset(torch.utils.data.Dataset):
@@ -35,7 +53,7 @@ def make_val_loader(accelerator, num_scenes: int, batch_size: int) -> DataLoader
 
 @torch.no_grad()
 def validate(accelerator, model, backend, system: SystemConfig, cfg, loader, beta: float,
-             localize_beta: float | None = None) -> dict[str, float]:
+             localize_beta: float | None = None) -> Validation:
     """Metrics over the whole validation set, identical on every rank.
 
     ``beta`` mixes the R_eff whose NMSE is reported (the loss's); MUSIC searches the R_eff mixed
@@ -59,7 +77,7 @@ def validate(accelerator, model, backend, system: SystemConfig, cfg, loader, bet
         }
         if cfg.val.localize:
             R_music = R_eff if localize_beta == beta else effective_covariance(out.R_pred, batch.R_samp, localize_beta)
-            fields.update(_localize_fields(system, cfg, R_music, batch, fields["k_head"]))
+            fields.update(_localize_fields(system, cfg, R_music, batch, fields["k_head"], out.k_logits))
         for key, value in fields.items():
             gathered.setdefault(key, []).append(accelerator.gather_for_metrics(value.contiguous()).cpu())
     model.train()
@@ -71,14 +89,30 @@ def validate(accelerator, model, backend, system: SystemConfig, cfg, loader, bet
         "k_head_acc": float((cols["k_head"] == cols["k_true"]).float().mean()),
         "num_scenes": int(cols["nmse"].numel()),
     }
+    table, k_chosen = None, None
+    if cfg.val.localize and cfg.val.k_decision == "success":
+        table = _calibrate(system, cols)
+        k_chosen = table.choose(cols["k_probs"], cols["snr_db"])
+        metrics["success_map"] = _success_of(system, cols, cols["k_head"])
     if cfg.val.localize:
-        metrics.update(_localization_metrics(system, cols))
-    return metrics
+        metrics.update(_localization_metrics(system, cols, k_chosen))
+    return Validation(metrics, table)
 
 
-def _localize_fields(system, cfg, R_eff, batch, k_head) -> dict[str, torch.Tensor]:
+def _localize_fields(system, cfg, R_eff, batch, k_head, k_logits) -> dict[str, torch.Tensor]:
     from ..localize import localize
 
+    truth = {"true_az": batch.azimuth_deg, "true_el": batch.elevation_deg, "true_r": batch.range_m,
+             "true_valid": batch.valid, "snr_db": batch.snr_db}
+    if cfg.val.k_decision == "success":
+        # One MUSIC run per candidate K̂, stacked on dim 1: est_*[:, k-1] searched for k sources.
+        runs = [localize(R_eff, system, num_sources=torch.full_like(k_head, k))
+                for k in range(1, system.max_sources + 1)]
+        return {"est_az": torch.stack([e.azimuth_deg.float() for e in runs], 1),
+                "est_el": torch.stack([e.elevation_deg.float() for e in runs], 1),
+                "est_r": torch.stack([e.range_m.float() for e in runs], 1),
+                "est_valid": torch.stack([e.valid for e in runs], 1),
+                "k_probs": torch.softmax(k_logits.float(), -1), **truth}
     if cfg.val.k_source == "head":
         k = k_head
     elif cfg.val.k_source == "oracle":
@@ -86,21 +120,51 @@ def _localize_fields(system, cfg, R_eff, batch, k_head) -> dict[str, torch.Tenso
     else:
         k = None
     est = localize(R_eff, system, num_sources=k)
-    return {
-        "est_az": est.azimuth_deg.float(), "est_el": est.elevation_deg.float(), "est_r": est.range_m.float(),
-        "est_valid": est.valid, "est_k": est.num_sources,
-        "true_az": batch.azimuth_deg, "true_el": batch.elevation_deg, "true_r": batch.range_m,
-        "true_valid": batch.valid, "snr_db": batch.snr_db,
-    }
+    return {"est_az": est.azimuth_deg.float(), "est_el": est.elevation_deg.float(), "est_r": est.range_m.float(),
+            "est_valid": est.valid, **truth}
 
 
-def _localization_metrics(system, cols) -> dict[str, float]:
+def _truth(cols):
     from types import SimpleNamespace
 
+    return SimpleNamespace(num_sources=cols["k_true"], valid=cols["true_valid"], azimuth_deg=cols["true_az"],
+                           elevation_deg=cols["true_el"], range_m=cols["true_r"], snr_db=cols["snr_db"])
+
+
+def _estimates(cols, k: torch.Tensor | None = None):
+    """The gathered estimates; with per-candidate runs (dim 1), each scene's run for its ``k``."""
     from ..localize.estimates import Estimates
+
+    keys = ("est_az", "est_el", "est_r", "est_valid")
+    if k is None:
+        az, el, r, valid = (cols[key] for key in keys)
+    else:
+        rows = torch.arange(k.numel())
+        az, el, r, valid = (cols[key][rows, k - 1] for key in keys)
+    return Estimates(az, el, r, valid, valid.sum(-1))
+
+
+def _success_of(system, cols, k: torch.Tensor) -> float:
+    from ..metrics import per_scene
+
+    return float(per_scene(_estimates(cols, k), _truth(cols), system).success.mean())
+
+
+def _calibrate(system, cols) -> SuccessTable:
+    """Fit q_k on this validation's per-candidate runs (all ranks' scenes)."""
+    from ..localize import fit_success_table
+    from ..metrics import default_edges, per_scene
+
+    truth = _truth(cols)
+    success_by_k = np.stack([per_scene(_estimates(cols, torch.full_like(cols["k_true"], k)), truth, system).success
+                             for k in range(1, system.max_sources + 1)], 1)
+    return fit_success_table(success_by_k, cols["k_true"].numpy(), cols["snr_db"].numpy(),
+                             default_edges("snr_db", system))
+
+
+def _localization_metrics(system, cols, k: torch.Tensor | None = None) -> dict[str, float]:
+    """The metrics of the gathered estimates; with per-candidate runs, of each scene's run for ``k``."""
     from ..metrics import score
 
-    est = Estimates(cols["est_az"], cols["est_el"], cols["est_r"], cols["est_valid"], cols["est_k"])
-    truth = SimpleNamespace(num_sources=cols["k_true"], valid=cols["true_valid"], azimuth_deg=cols["true_az"],
-                            elevation_deg=cols["true_el"], range_m=cols["true_r"], snr_db=cols["snr_db"])
-    return {k: float(v) for k, v in score(est, truth, system).items() if isinstance(v, (int, float))}
+    score_ = score(_estimates(cols, k), _truth(cols), system)
+    return {name: float(v) for name, v in score_.items() if isinstance(v, (int, float))}
