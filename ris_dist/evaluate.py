@@ -5,8 +5,9 @@
 
 Methods (system_model.md, "Baselines"): ``b1`` = MUSIC on R_samp with K̂ from MDL; ``b2`` =
 oracle MUSIC on R_true with the true K. With ``--checkpoint`` the learned model joins them
-through :class:`ris_dist.inference.Localizer`: ``model`` with its own K̂ and
-``model_oracle_k`` with the true K. Other methods plug in through :data:`METHODS`, a registry
+through :class:`ris_dist.inference.Localizer`: ``model`` with its own K̂ (the checkpoint's
+K̂ rule), ``model_map_k`` with the K head's argmax (listed by default only when the checkpoint's
+rule is another one) and ``model_oracle_k`` with the true K. Other methods plug in through :data:`METHODS`, a registry
 of name → ``fn(batch, system) -> Estimates``. B3, the CRB, is computed once per scene and
 reported next to every RMSE.
 
@@ -77,20 +78,24 @@ def music_b2(batch: SceneBatch, system: SystemConfig) -> Estimates:
 METHODS: dict[str, MethodFn] = {"b1": music_b1, "b2": music_b2}
 """Registry of evaluation methods that need nothing but the batch (name → fn(batch, system))."""
 
-MODEL_METHODS = ("model", "model_oracle_k")
-"""The learned model with its own K̂ and with the true K; they need ``--checkpoint``."""
+MODEL_METHODS = ("model", "model_map_k", "model_oracle_k")
+"""The learned model with its own K̂, with the K head's argmax and with the true K; they need
+``--checkpoint``."""
 
 
 def model_methods(localizer: Any) -> dict[str, MethodFn]:
-    """``model`` and ``model_oracle_k`` for a :class:`ris_dist.inference.Localizer`."""
+    """``model``, ``model_map_k`` and ``model_oracle_k`` for a :class:`ris_dist.inference.Localizer`."""
 
     def own_k(batch: SceneBatch, system: SystemConfig) -> Estimates:
         return localizer(batch.y, batch.H, batch.codes, batch.snr_db)
 
+    def map_k(batch: SceneBatch, system: SystemConfig) -> Estimates:
+        return localizer(batch.y, batch.H, batch.codes, batch.snr_db, k_decision="map")
+
     def oracle_k(batch: SceneBatch, system: SystemConfig) -> Estimates:
         return localizer(batch.y, batch.H, batch.codes, batch.snr_db, num_sources=batch.num_sources)
 
-    return {"model": own_k, "model_oracle_k": oracle_k}
+    return {"model": own_k, "model_map_k": map_k, "model_oracle_k": oracle_k}
 
 
 def parse_methods(specs: Sequence[str] | None, extra: Sequence[str] = ()) -> list[str]:
@@ -309,8 +314,11 @@ def markdown_report(results: dict[str, Any]) -> str:
              "(stochastic CRB, known powers and noise).", ""]
     if "model" in results:
         m = results["model"]
+        rule = m.get("k_decision", "map") if m["k_source"] == "head" else None
+        how = {None: "", "map": " by its argmax",
+               "success": " by the expected-success rule (`model_map_k`: by its argmax)"}[rule]
         lines += [f"Model: `{m['checkpoint']}`; MUSIC searches R_eff with β = {m['beta']:g}; "
-                  f"K̂ from `{m['k_source']}`.", ""]
+                  f"K̂ from `{m['k_source']}`{how}.", ""]
 
     def row(label: str, m: dict[str, Any]) -> str:
         cells = [label, str(m["num_scenes"]), _fmt(m["K_acc"]), _fmt(m["success"])]
@@ -441,6 +449,8 @@ def _run(args: argparse.Namespace) -> list[Path]:
         localizer = Localizer.from_checkpoint(args.checkpoint, device=args.device, expect_system=system)
         if args.beta is not None:
             localizer.beta = args.beta
+        if not args.method and (localizer.k_source != "head" or localizer.k_decision == "map"):
+            methods.remove("model_map_k")  # by default only when it differs from ``model``
         fns.update({name: fn for name, fn in model_methods(localizer).items() if name in methods})
     if args.system is not None:
         wanted = load_system(args.system)
@@ -454,7 +464,7 @@ def _run(args: argparse.Namespace) -> list[Path]:
     results = evaluate_methods(split.batches(args.batch_size, device=args.device), system, fns, out_dir=None)
     if args.checkpoint:
         results["model"] = {"checkpoint": str(args.checkpoint), "beta": localizer.beta,
-                            "k_source": localizer.k_source}
+                            "k_source": localizer.k_source, "k_decision": localizer.k_decision}
     return write_outputs(results, out)
 
 

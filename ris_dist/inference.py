@@ -5,6 +5,10 @@
     est = loc(y, H, codes, snr_db)              # K̂ from the model's K head (or MDL, see k_source)
     est = loc(y, H, codes, snr_db, num_sources=k)  # oracle K
 
+The K head's probabilities become K̂ by the rule the run validated with (``k_decision`` in
+meta.json: ``map`` = argmax, or ``success`` = the expected-success rule with the table
+calibrated on the run's validation scenes; :mod:`ris_dist.localize.decision`).
+
 The path from measurements to MUSIC is the same as in training and validation:
 R_samp from :func:`ris_dist.physics.sample_covariance`, R_pred from the model, and R_eff from
 :func:`ris_dist.covariance.effective_covariance` (the one builder of what MUSIC sees), with
@@ -24,7 +28,7 @@ import torch
 from .config import ConfigError, SystemConfig, load_system
 from .config.schema import build
 from .covariance import effective_covariance
-from .localize import Estimates, localize
+from .localize import K_DECISIONS, Estimates, KDecision, SuccessTable, choose_num_sources, localize
 from .model import CovarianceNet, ModelConfig, build_model
 from .physics import sample_covariance
 from .train.checkpoint import BEST_WEIGHTS, CheckpointError, load_weights
@@ -57,6 +61,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: key 'beta' must be a number in [0, 1], got {beta!r}")
     if meta.get("k_source", "head") not in ("head", "mdl", "oracle"):
         raise CheckpointError(f"{file}: key 'k_source' must be 'head', 'mdl' or 'oracle', got {meta['k_source']!r}")
+    if meta.get("k_decision", "map") not in K_DECISIONS:
+        raise CheckpointError(f"{file}: key 'k_decision' must be one of {K_DECISIONS}, got {meta['k_decision']!r}")
+    if meta.get("k_decision") == "success":
+        try:
+            SuccessTable.from_json(meta.get("k_success_table"))
+        except ValueError as err:
+            raise CheckpointError(f"{file}: key 'k_success_table' (needed by k_decision 'success'): {err}") from None
     loading = meta.get("diag_loading", 0.0)
     if isinstance(loading, bool) or not isinstance(loading, (int, float)) or not (math.isfinite(loading)
                                                                                    and loading >= 0):
@@ -75,9 +86,15 @@ class Localizer:
 
     def __init__(self, system: SystemConfig, model: CovarianceNet, beta: float = 0.0, k_source: KSource = "head",
                  diag_loading: float = 0.0, device: torch.device | str | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, k_decision: KDecision = "map",
+                 success_table: SuccessTable | None = None) -> None:
         if k_source not in ("head", "mdl"):
             raise ValueError(f"k_source must be 'head' or 'mdl', got {k_source!r}")
+        if k_decision not in K_DECISIONS or (k_decision == "success" and success_table is None):
+            raise ValueError(f"k_decision must be 'map' or 'success' (with a success_table), got {k_decision!r}")
+        if success_table is not None and success_table.max_sources != system.max_sources:
+            raise ValueError(f"success_table covers K = 1..{success_table.max_sources}, "
+                             f"the system K = 1..{system.max_sources}")
         if not (math.isfinite(beta) and 0.0 <= beta <= 1.0):
             raise ValueError(f"beta must satisfy 0 <= beta <= 1, got {beta!r}")
         self.system = system
@@ -87,6 +104,8 @@ class Localizer:
         self.beta = float(beta)
         self.k_source: KSource = k_source
         self.diag_loading = float(diag_loading)
+        self.k_decision: KDecision = k_decision
+        self.success_table = success_table
         self.meta = dict(meta or {})
 
     @classmethod
@@ -130,11 +149,17 @@ class Localizer:
                 log.warning("%s: the run validated with the true K (k_source: oracle), which inference does not "
                             "have; K̂ comes from the K head unless num_sources is passed", meta_file)
                 k_source = "head"
-        log.info("loaded %s: system %s, step %s, beta %.3g, K from %s", path, system.name, meta.get("step"),
-                 meta.get("beta", 0.0), k_source)
+        k_decision = meta.get("k_decision", "map")
+        table = SuccessTable.from_json(meta["k_success_table"]) if k_decision == "success" else None
+        if table is not None and table.max_sources != system.max_sources:
+            raise CheckpointError(f"{meta_file}: key 'k_success_table' covers K = 1..{table.max_sources}, "
+                                  f"system {system.name!r} K = 1..{system.max_sources}")
+        log.info("loaded %s: system %s, step %s, beta %.3g, K from %s (%s)", path, system.name, meta.get("step"),
+                 meta.get("beta", 0.0), k_source, k_decision)
         return cls(system, model, beta=float(meta.get("beta", 0.0)), k_source=k_source,
                    diag_loading=float(meta.get("diag_loading", 0.0)),
-                   device=device if device is not None else "cpu", meta=meta)
+                   device=device if device is not None else "cpu", meta=meta, k_decision=k_decision,
+                   success_table=table)
 
     def _check_inputs(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                       snr_db: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -171,24 +196,33 @@ class Localizer:
         R_eff, _ = self._forward(y, H, codes, snr_db)
         return R_eff.to(y.device)
 
-    def num_sources(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
-                    snr_db: torch.Tensor) -> torch.Tensor:
-        """K̂ ``[B]`` int64 from the model's K head (argmax + 1), on the device of ``y``."""
+    def _choose(self, logits: torch.Tensor, snr_db: torch.Tensor, k_decision: KDecision | None) -> torch.Tensor:
+        rule = self.k_decision if k_decision is None else k_decision
+        if rule == "success" and self.success_table is None:
+            raise ValueError("k_decision 'success' needs a success_table (this checkpoint was validated with 'map')")
+        snr = torch.as_tensor(snr_db, dtype=torch.float32).to(self.device).expand(logits.shape[0])
+        return choose_num_sources(logits, snr, rule, self.success_table)
+
+    def num_sources(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, snr_db: torch.Tensor,
+                    k_decision: KDecision | None = None) -> torch.Tensor:
+        """K̂ ``[B]`` int64 from the model's K head by ``k_decision`` (default: the checkpoint's
+        rule), on the device of ``y``."""
         _, logits = self._forward(y, H, codes, snr_db)
-        return (logits.argmax(-1) + 1).to(y.device)
+        return self._choose(logits, snr_db, k_decision).to(y.device)
 
     def __call__(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, snr_db: torch.Tensor,
-                 num_sources: torch.Tensor | None = None) -> Estimates:
+                 num_sources: torch.Tensor | None = None, k_decision: KDecision | None = None) -> Estimates:
         """Localize the sources of a batch of scenes.
 
         ``num_sources`` ``[B]`` (oracle K) overrides the source count; otherwise K̂ comes
-        from the K head (``k_source="head"``) or from MDL on R_eff's eigenvalues (``"mdl"``).
+        from the K head (``k_source="head"``, by ``k_decision``, default the checkpoint's rule)
+        or from MDL on R_eff's eigenvalues (``"mdl"``).
         """
         R_eff, logits = self._forward(y, H, codes, snr_db)
         if num_sources is not None:
             k = torch.as_tensor(num_sources).to(self.device)
         elif self.k_source == "head":
-            k = logits.argmax(-1) + 1  # class j means K = j + 1
+            k = self._choose(logits, snr_db, k_decision)
         else:
             k = None  # localize estimates K̂ with MDL
         est = localize(R_eff, self.system, num_sources=k, method="coarse_to_fine", order_method="mdl")
@@ -196,4 +230,4 @@ class Localizer:
 
     def __repr__(self) -> str:
         return (f"Localizer(system={self.system.name!r}, beta={self.beta:g}, k_source={self.k_source!r}, "
-                f"device={str(self.device)!r})")
+                f"k_decision={self.k_decision!r}, device={str(self.device)!r})")

@@ -91,8 +91,29 @@ def test_main_model_only_in_process(setup, capsys):
     assert "wrote" in capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
     assert list(res["methods"]) == ["model"]
-    assert res["model"] == {"checkpoint": str(ckpt), "beta": 0.5, "k_source": "head"}  # β from meta.json
+    assert res["model"] == {"checkpoint": str(ckpt), "beta": 0.5, "k_source": "head",  # β from meta.json
+                            "k_decision": "map"}
     assert "MUSIC searches R_eff with β = 0.5" in (out / "report.md").read_text()
+
+
+def test_success_rule_checkpoint_also_reports_the_argmax(setup, tmp_path, capsys):
+    """A checkpoint served with the expected-success rule gets ``model_map_k`` beside ``model``."""
+    from ris_dist.evaluate import main
+    from ris_dist.localize import SuccessTable
+
+    _, split, _ = setup
+    # q_2 = 0 everywhere: the rule can only ever answer K̂ = 1, whatever the head says
+    table = SuccessTable((-10.0, 30.0), ((0.5, 0.0),), ((10, 10),))
+    ckpt = make_checkpoint(tmp_path / "best", k_decision="success", k_success_table=table.to_json())
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"]) == ["b1", "b2", "model", "model_map_k", "model_oracle_k"]
+    assert res["model"]["k_decision"] == "success"
+    served, argmax = res["methods"]["model"]["overall"], res["methods"]["model_map_k"]["overall"]
+    assert served["K_over"] == 0.0 and served["num_est"] <= res["num_scenes"]
+    assert (argmax["K_acc"], argmax["num_est"]) != (served["K_acc"], served["num_est"])
+    assert "by the expected-success rule" in (out / "report.md").read_text()
 
 
 def test_beta_override_sets_what_music_searches(setup, capsys):

@@ -193,3 +193,33 @@ def test_music_spectrum_slices(loc, batch):
     assert music_spectrum_slices(R_eff[i], loc.system, truth, empty).shape == img.shape
     with pytest.raises(ValueError, match="truth"):
         music_spectrum_slices(R_eff[i], loc.system, empty, empty)
+
+
+def test_success_rule_from_meta_and_map_override(tmp_path, batch):
+    from ris_dist import Localizer
+    from ris_dist.localize import SuccessTable
+
+    # q_2 ≈ 0 in every bin: the expected-success rule reports one source wherever p(K=1) > 1e-4.
+    table = SuccessTable((-5.0, 20.0), ((0.5, 1e-5),), ((10, 10),))
+    loc = Localizer.from_checkpoint(make_checkpoint(tmp_path / "best", k_decision="success",
+                                                    k_success_table=table.to_json()))
+    assert loc.k_decision == "success" and loc.success_table == table
+    _, logits = loc._forward(batch.y, batch.H, batch.codes, batch.snr_db)
+    ones = torch.ones(len(batch), dtype=torch.int64)
+    assert torch.equal(loc.num_sources(batch.y, batch.H, batch.codes, batch.snr_db), ones)
+    assert torch.equal(loc(batch.y, batch.H, batch.codes, batch.snr_db).num_sources, ones)
+    est_map = loc(batch.y, batch.H, batch.codes, batch.snr_db, k_decision="map")
+    assert torch.equal(est_map.num_sources, logits.argmax(-1) + 1)
+
+
+@pytest.mark.parametrize("meta, key", [
+    ({"k_decision": "vote"}, "k_decision"),
+    ({"k_decision": "success"}, "k_success_table"),
+    ({"k_decision": "success", "k_success_table": {"snr_edges_db": [0, 5], "rate": [[2.0, 0.1]],
+                                                    "num_scenes": [[1, 1]]}}, "k_success_table"),
+    ({"k_decision": "success", "k_success_table": {"snr_edges_db": [0, 5], "rate": [[0.5, 0.1, 0.1]],
+                                                    "num_scenes": [[1, 1, 1]]}}, "k_success_table"),
+])
+def test_bad_k_decision_meta_is_one_line(tmp_path, meta, key):
+    msg = _one_line_error(make_checkpoint(tmp_path / "best", **meta), key)
+    assert "meta.json" in msg
