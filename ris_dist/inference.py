@@ -63,16 +63,25 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: key 'k_source' must be 'head', 'mdl' or 'oracle', got {meta['k_source']!r}")
     if meta.get("k_decision", "map") not in K_DECISIONS:
         raise CheckpointError(f"{file}: key 'k_decision' must be one of {K_DECISIONS}, got {meta['k_decision']!r}")
-    if meta.get("k_decision") == "success":
-        try:
-            SuccessTable.from_json(meta.get("k_success_table"))
-        except ValueError as err:
-            raise CheckpointError(f"{file}: key 'k_success_table' (needed by k_decision 'success'): {err}") from None
     loading = meta.get("diag_loading", 0.0)
     if isinstance(loading, bool) or not isinstance(loading, (int, float)) or not (math.isfinite(loading)
                                                                                    and loading >= 0):
         raise CheckpointError(f"{file}: key 'diag_loading' must be a number >= 0, got {loading!r}")
     return meta
+
+
+def _read_success_table(meta: dict[str, Any], file: Path, system: SystemConfig) -> SuccessTable | None:
+    """The K̂ table of a ``k_decision: success`` checkpoint (None for ``map``), checked against the system."""
+    if meta.get("k_decision", "map") != "success":
+        return None
+    try:
+        table = SuccessTable.from_json(meta.get("k_success_table"))
+    except ValueError as err:
+        raise CheckpointError(f"{file}: key 'k_success_table' (needed by k_decision 'success'): {err}") from None
+    if table.max_sources != system.max_sources:
+        raise CheckpointError(f"{file}: key 'k_success_table' covers K = 1..{table.max_sources}, "
+                              f"system {system.name!r} K = 1..{system.max_sources}")
+    return table
 
 
 class Localizer:
@@ -150,10 +159,7 @@ class Localizer:
                             "have; K̂ comes from the K head unless num_sources is passed", meta_file)
                 k_source = "head"
         k_decision = meta.get("k_decision", "map")
-        table = SuccessTable.from_json(meta["k_success_table"]) if k_decision == "success" else None
-        if table is not None and table.max_sources != system.max_sources:
-            raise CheckpointError(f"{meta_file}: key 'k_success_table' covers K = 1..{table.max_sources}, "
-                                  f"system {system.name!r} K = 1..{system.max_sources}")
+        table = _read_success_table(meta, meta_file, system)
         log.info("loaded %s: system %s, step %s, beta %.3g, K from %s (%s)", path, system.name, meta.get("step"),
                  meta.get("beta", 0.0), k_source, k_decision)
         return cls(system, model, beta=float(meta.get("beta", 0.0)), k_source=k_source,
@@ -198,8 +204,6 @@ class Localizer:
 
     def _choose(self, logits: torch.Tensor, snr_db: torch.Tensor, k_decision: KDecision | None) -> torch.Tensor:
         rule = self.k_decision if k_decision is None else k_decision
-        if rule == "success" and self.success_table is None:
-            raise ValueError("k_decision 'success' needs a success_table (this checkpoint was validated with 'map')")
         snr = torch.as_tensor(snr_db, dtype=torch.float32).to(self.device).expand(logits.shape[0])
         return choose_num_sources(logits, snr, rule, self.success_table)
 

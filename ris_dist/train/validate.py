@@ -93,7 +93,7 @@ def validate(accelerator, model, backend, system: SystemConfig, cfg, loader, bet
     if cfg.val.localize and cfg.val.k_decision == "success":
         table = _calibrate(system, cols)
         k_chosen = table.choose(cols["k_probs"], cols["snr_db"])
-        metrics["success_map"] = _success_of(system, cols, cols["k_head"])
+        metrics["success_map"] = _localization_metrics(system, cols, cols["k_head"])["success"]
     if cfg.val.localize:
         metrics.update(_localization_metrics(system, cols, k_chosen))
     return Validation(metrics, table)
@@ -106,12 +106,9 @@ def _localize_fields(system, cfg, R_eff, batch, k_head, k_logits) -> dict[str, t
              "true_valid": batch.valid, "snr_db": batch.snr_db}
     if cfg.val.k_decision == "success":
         # One MUSIC run per candidate K̂, stacked on dim 1: est_*[:, k-1] searched for k sources.
-        runs = [localize(R_eff, system, num_sources=torch.full_like(k_head, k))
+        runs = [_estimate_fields(localize(R_eff, system, num_sources=torch.full_like(k_head, k)))
                 for k in range(1, system.max_sources + 1)]
-        return {"est_az": torch.stack([e.azimuth_deg.float() for e in runs], 1),
-                "est_el": torch.stack([e.elevation_deg.float() for e in runs], 1),
-                "est_r": torch.stack([e.range_m.float() for e in runs], 1),
-                "est_valid": torch.stack([e.valid for e in runs], 1),
+        return {**{key: torch.stack([run[key] for run in runs], 1) for key in runs[0]},
                 "k_probs": torch.softmax(k_logits.float(), -1), **truth}
     if cfg.val.k_source == "head":
         k = k_head
@@ -119,9 +116,12 @@ def _localize_fields(system, cfg, R_eff, batch, k_head, k_logits) -> dict[str, t
         k = batch.num_sources
     else:
         k = None
-    est = localize(R_eff, system, num_sources=k)
+    return {**_estimate_fields(localize(R_eff, system, num_sources=k)), **truth}
+
+
+def _estimate_fields(est) -> dict[str, torch.Tensor]:
     return {"est_az": est.azimuth_deg.float(), "est_el": est.elevation_deg.float(), "est_r": est.range_m.float(),
-            "est_valid": est.valid, **truth}
+            "est_valid": est.valid}
 
 
 def _truth(cols):
@@ -142,12 +142,6 @@ def _estimates(cols, k: torch.Tensor | None = None):
         rows = torch.arange(k.numel())
         az, el, r, valid = (cols[key][rows, k - 1] for key in keys)
     return Estimates(az, el, r, valid, valid.sum(-1))
-
-
-def _success_of(system, cols, k: torch.Tensor) -> float:
-    from ..metrics import per_scene
-
-    return float(per_scene(_estimates(cols, k), _truth(cols), system).success.mean())
 
 
 def _calibrate(system, cols) -> SuccessTable:
