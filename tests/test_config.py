@@ -9,7 +9,7 @@ import pytest
 from ris_dist.config import ConfigError, apply_overrides, load_system, parse_overrides, read_yaml, system_from_dict
 from ris_dist.config.system import resolve_named
 
-# The "Named configurations" table of shared/design/system_model.md.
+# The "Named configurations" table of docs/system_model.md.
 DESIGN = {
     "tiny": dict(ris=(4, 4), M=8, L=16, K_max=2, az=(-60.0, 60.0), el=(-30.0, 30.0), r=(0.3, 2.0)),
     "full": dict(ris=(12, 12), M=16, L=16, K_max=5, az=(-60.0, 60.0), el=(-30.0, 30.0), r=(0.5, 10.0)),

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ris_dist.dist.gate import step_gate, total_grad_norm
+from ris_dist.distributed.gate import step_gate, total_grad_norm
 
 
 @pytest.mark.parametrize("norm, reason", [(float("inf"), "nonfinite"), (float("nan"), "nonfinite"),

@@ -1,4 +1,4 @@
-"""Physics against shared/design/system_model.md: steering, channel, codebooks, scenes, SNR, covariances.
+"""Physics against docs/system_model.md: steering, channel, codebooks, scenes, SNR, covariances.
 
 Every test uses fixed seeds; statistical tolerances are several standard errors wide.
 """

@@ -6,7 +6,7 @@ antennas for ``G_l`` and ``y_l``, and for R_samp one ``numpy.linalg.solve`` per 
 followed by outer-product accumulation. It serves two purposes:
 
 * a cross-check of :func:`ris_dist.physics.simulate` written straight from
-  ``shared/design/system_model.md`` (complex128 throughout);
+  ``docs/system_model.md`` (complex128 throughout);
 * the baseline of ``python -m ris_dist.bench simulate``.
 
 Random draws. To compare numbers, the reference must use the *same* draws as

@@ -1,6 +1,6 @@
 """The physical system: RIS geometry, BS, scene ranges, codebook, success thresholds.
 
-Symbols follow ``shared/design/system_model.md``; every field maps to one symbol there.
+Symbols follow ``docs/system_model.md``; every field maps to one symbol there.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class SuccessConfig:
 
 @dataclass(frozen=True)
 class SystemConfig:
-    """One RIS near-field localization system (see shared/design/system_model.md)."""
+    """One RIS near-field localization system (see docs/system_model.md)."""
 
     name: str
     """Short name used in run folders and reports."""

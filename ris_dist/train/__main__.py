@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from ..dist.preempt import PreemptionFlag
+    from ..distributed.preempt import PreemptionFlag
     from .trainer import Trainer  # heavy imports after the config is known to be good
 
     preempt = PreemptionFlag()  # before the slow set-up, so an early signal is not lost

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..dist.gate import GateDecision
+from ..distributed.gate import GateDecision
 from .monitor import Monitor
 
 logger = logging.getLogger("ris_dist.train")

@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, load_system
 from ..data.sampler import GlobalIndexStream
-from ..dist.backend import DeepSpeedBackend, TorchBackend, make_accelerator, using_deepspeed
-from ..dist.gate import GateDecision, step_gate
-from ..dist.preempt import PreemptionFlag
+from ..distributed.backend import DeepSpeedBackend, TorchBackend, make_accelerator, using_deepspeed
+from ..distributed.gate import GateDecision, step_gate
+from ..distributed.preempt import PreemptionFlag
 from ..localize import SuccessTable
 from ..losses import LossWeights, compute_loss, format_selftest, selftest
 from ..model import build_model
