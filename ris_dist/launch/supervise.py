@@ -10,7 +10,8 @@ child's descendants (psutil; torch's elastic agent starts each rank in a new ses
 child's process group does not reach them). Of those, only processes that have a SIGUSR1
 handler installed are signalled: the ranks install one (ris_dist/distributed/preempt.py), while
 the ``accelerate launch`` process starts with USR1/USR2 ignored (it would die on them and orphan
-the ranks) and helpers such as compile workers keep the default action, which would kill them.
+the ranks), and helpers a rank starts (compile workers, spawned data workers) get SIGUSR1's
+default action back at exec, so the signal would kill them.
 A rank that has not installed its handler yet is skipped and reached by the next forward.
 """
 

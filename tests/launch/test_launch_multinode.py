@@ -127,7 +127,12 @@ def test_two_local_nodes_form_one_deepspeed_job(tmp_path):
     procs = [subprocess.Popen(resolve(argv, {"NODE_RANK": str(r), "MAIN_IP": "127.0.0.1", "MAIN_PORT": port}),
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for r in (0, 1)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:  # a node that never meets its peer would wait for the rendezvous forever
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     infos = [json.loads(line.split(" ", 1)[1]) for out in outs for line in out.splitlines()

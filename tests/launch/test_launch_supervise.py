@@ -1,9 +1,9 @@
 """Supervisor: a preemption signal reaches the trainer ranks the launcher started, and nothing else.
 
 A real process tree shaped like ``accelerate launch``: a launcher child (USR1/USR2 ignored) that
-starts two ranks in new sessions (as torch's elastic agent does) plus a helper that keeps
-SIGUSR1's default action (like a compile worker). The ranks are plain scripts, not
-``ris_dist.train``, so nothing can be found by command line.
+starts two ranks in new sessions (as torch's elastic agent does); one rank starts a helper
+whose SIGUSR1 has the default action (like a compile worker), which the signal would kill.
+The ranks are plain scripts, not ``ris_dist.train``, so nothing can be found by command line.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from ris_dist.launch.command import REQUEUE_EXIT
 from ris_dist.launch.supervise import Supervisor
 
 RANK = textwrap.dedent("""
-    import os, signal, sys, time
-    out = sys.argv[1]
+    import os, signal, subprocess, sys, time
+    out, index = sys.argv[1], sys.argv[2]
     got = []
     signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+    if index == "0":  # a helper of this rank: exec resets the handled SIGUSR1 to its default action
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        open(f"{out}/helper", "w").write(str(helper.pid))
     open(f"{out}/ready-{os.getpid()}", "w").close()
     deadline = time.monotonic() + 60
     while not got and time.monotonic() < deadline:
@@ -37,9 +40,7 @@ RANK = textwrap.dedent("""
 LAUNCHER = textwrap.dedent("""
     import subprocess, sys
     rank, out = sys.argv[1], sys.argv[2]
-    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    open(f"{out}/helper", "w").write(str(helper.pid))
-    ranks = [subprocess.Popen([sys.executable, rank, out], start_new_session=True) for _ in range(2)]
+    ranks = [subprocess.Popen([sys.executable, rank, out, str(i)], start_new_session=True) for i in range(2)]
     sys.exit(max(r.wait() for r in ranks))
 """)
 
