@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# ruff's rule set is in pyproject.toml ([tool.ruff]); docs/development.md explains it
+lint: install
+	$(PY) -m ruff check .
+
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 demo: install

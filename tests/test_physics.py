@@ -13,8 +13,7 @@ import torch
 from scipy import stats
 
 from ris_dist.config import load_system
-from ris_dist.physics import back_projection, codewords, path_difference, simulate, steering
-from ris_dist.physics import rng
+from ris_dist.physics import back_projection, codewords, path_difference, rng, simulate, steering
 from ris_dist.physics.scenes import normalized_coords, sample_scene_params
 from ris_dist.physics.simulate import code_indices
 

@@ -1,9 +1,6 @@
-"""``python launch/submit.py --phase N|all|A-B [--cluster slurm|local] [options] [key=value ...]``.
+"""The ``launch/submit.py`` command line: submit training phases to SLURM or run them locally.
 
-Submits one SLURM job per phase (submitit), chained with ``afterok`` so a phase whose gate
-fails (non-zero exit) stops the chain; or, with ``--cluster local``, runs the phases in
-sequence on this machine. ``--dry-run`` prints each phase's sbatch script and command.
-Exit codes: 0 ok, 2 bad input (one line "error: ..." on stderr), else the failing phase's code.
+See :data:`DESCRIPTION` for the user-facing summary (``--help``) and docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -23,26 +20,42 @@ from .profile import BACKENDS, load_profile
 EXIT_BAD_INPUT = 2
 
 
+DESCRIPTION = """\
+Submit ris_dist training phases to SLURM (one submitit job per phase, chained with afterok, so a
+phase whose gate fails stops the chain), or run them in sequence on this machine (--cluster local).
+--dry-run prints each phase's sbatch script and per-node command and needs no SLURM installation.
+
+Exit codes: 0 ok, 2 bad input (one line "error: ..." on stderr), else the failing phase's code.
+See docs/cluster.md.
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python launch/submit.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python launch/submit.py", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--phase", required=True, help="N, A-B or all (phases 0..3)")
-    p.add_argument("--cluster", choices=("slurm", "local"), default="slurm")
+    p.add_argument("--phase", required=True, help="phases to run: N, A-B or all (phases 0..3)")
+    p.add_argument("--cluster", choices=("slurm", "local"), default="slurm",
+                   help="slurm: submit jobs (default); local: run the phases here, one after another")
     p.add_argument("--profile", default=None,
                    help="cluster profile YAML (default: configs/cluster/local.yaml)")
-    p.add_argument("--nodes", type=int)
-    p.add_argument("--gpus-per-node", type=int)
-    p.add_argument("--cpus-per-task", type=int)
-    p.add_argument("--time", type=int, dest="time_min", help="minutes")
-    p.add_argument("--partition")
-    p.add_argument("--account")
-    p.add_argument("--qos")
-    p.add_argument("--max-requeues", type=int)
-    p.add_argument("--backend", choices=BACKENDS)
-    p.add_argument("--run-name")
-    p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts and commands, submit nothing")
+    p.add_argument("--nodes", type=int, help="nodes per phase job (overrides the profile)")
+    p.add_argument("--gpus-per-node", type=int,
+                   help="GPUs per node; also the training processes per node of GPU backends")
+    p.add_argument("--cpus-per-task", type=int, help="CPUs of the one task per node")
+    p.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="time limit per phase job, minutes")
+    p.add_argument("--partition", help="SLURM partition")
+    p.add_argument("--account", help="SLURM account")
+    p.add_argument("--qos", help="SLURM quality of service")
+    p.add_argument("--max-requeues", type=int, help="requeues per phase job (preemption or timeout) before it fails")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="accelerate config under configs/accelerate/ (single: plain python -m ris_dist.train)")
+    p.add_argument("--run-name", help="run folder name: runs/RUN_NAME/phaseN (default: the run_name override, "
+                                      "else 'default')")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the sbatch scripts and commands, submit nothing (no SLURM needed)")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the chain and exit with its result")
-    p.add_argument("overrides", nargs="*", help="trainer dotted.key=value overrides (passed to every phase)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="trainer dotted.key=value overrides (passed to every phase)")
     return p
 
 
@@ -88,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         check_inputs(root, req)
         if args.cluster == "local" and profile.nodes != 1:
             raise ConfigError(f"--cluster local runs on this machine: nodes must be 1 (got {profile.nodes})")
+        if args.cluster == "slurm":
+            from .slurm import require_slurm_client
+
+            require_slurm_client()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .command import PhaseRequest, REQUEUE_EXIT, gate_status, resolve, to_shell, train_command
+from .command import REQUEUE_EXIT, PhaseRequest, gate_status, resolve, to_shell, train_command
 from .profile import ClusterProfile
 from .supervise import Supervisor
 

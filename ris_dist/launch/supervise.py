@@ -1,25 +1,35 @@
 """Run the training command as a child and turn preemption signals into a synced save.
 
-The node task (submitit's process on SLURM) starts the trainer in its own session. SLURM's
-``--signal`` (USR2), a preemption (USR2 / SIGTERM) or ``scancel --signal`` set a flag here;
-the flag is forwarded as SIGUSR1 to every ``ris_dist.train`` process below the child, whose
-handler makes all ranks save a checkpoint at the next step boundary and exit 75. The launcher
-process of ``accelerate launch`` starts with USR1/USR2 ignored (it would die on them and
-orphan the ranks); the ranks install their own handlers, which replace the inherited SIG_IGN.
+The node task (submitit's process on SLURM) starts the command in a session of its own.
+SLURM's ``--signal`` (USR2), a preemption (USR2 / SIGTERM) or ``scancel --signal`` set a flag
+here; the flag is forwarded as SIGUSR1 to the trainer ranks, whose handler makes all ranks save
+a checkpoint at the next step boundary and exit 75.
+
+The ranks are found among the processes this supervisor started: its own child and that
+child's descendants (psutil; torch's elastic agent starts each rank in a new session, so the
+child's process group does not reach them). Of those, only processes that have a SIGUSR1
+handler installed are signalled: the ranks install one (ris_dist/distributed/preempt.py), while
+the ``accelerate launch`` process starts with USR1/USR2 ignored (it would die on them and orphan
+the ranks), and helpers a rank starts (compile workers, spawned data workers) get SIGUSR1's
+default action back at exec, so the signal would kill them.
+A rank that has not installed its handler yet is skipped and reached by the next forward.
 """
 
 from __future__ import annotations
 
-import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from .command import REQUEUE_EXIT
 
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+FORWARD_EVERY_S = 5.0
 
 
 def _ignore_user_signals() -> None:  # runs in the child between fork and exec
@@ -27,32 +37,36 @@ def _ignore_user_signals() -> None:  # runs in the child between fork and exec
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-def descendants(pid: int) -> list[int]:
-    """pids below ``pid`` (from /proc; torch's elastic agent starts ranks in new sessions)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _is_trainer(pid: int) -> bool:
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its live descendants; empty once ``pid`` has exited."""
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:  # the child exited between poll() and here: nothing left to signal
+        return []
+
+
+def catches(proc: psutil.Process, sig: int) -> bool:
+    """Whether ``proc`` has a handler installed for ``sig`` (the SigCgt mask of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):  # exited since the tree was listed
         return False
-    return b"ris_dist.train" in cmd
+    mask = re.search(r"^SigCgt:\s*([0-9a-fA-F]+)$", status, re.M)
+    if mask is None:
+        raise RuntimeError(f"/proc/{proc.pid}/status has no SigCgt line")
+    return bool(int(mask.group(1), 16) >> (sig - 1) & 1)
+
+
+def _send(procs: list[psutil.Process], sig: int) -> list[int]:
+    sent = []
+    for proc in procs:
+        try:
+            proc.send_signal(sig)  # psutil checks the pid was not reused since the listing
+            sent.append(proc.pid)
+        except psutil.NoSuchProcess:  # exited since the tree was listed
+            continue
+    return sent
 
 
 class Supervisor:
@@ -87,23 +101,14 @@ class Supervisor:
         for sig, handler in self.saved_handlers.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
-    def forward(self) -> None:
+    def forward(self) -> list[int]:
+        """SIGUSR1 to every process of the child's tree that handles it; returns their pids."""
         assert self.proc is not None
-        targets = [self.proc.pid] + descendants(self.proc.pid)
-        for pid in targets:
-            if _is_trainer(pid):
-                try:
-                    os.kill(pid, signal.SIGUSR1)
-                except ProcessLookupError:
-                    pass
+        return _send([p for p in process_tree(self.proc.pid) if catches(p, signal.SIGUSR1)], signal.SIGUSR1)
 
     def _kill_tree(self, sig: int) -> None:
         assert self.proc is not None
-        for pid in [self.proc.pid] + descendants(self.proc.pid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        _send(process_tree(self.proc.pid), sig)
 
     def run(self, wait_for_signal_s: float = 0.0) -> tuple[int, bool]:
         """Returns (exit code, preempted). ``wait_for_signal_s``: after a 75 exit with no signal
@@ -119,10 +124,10 @@ class Supervisor:
                     break
                 now = time.monotonic()
                 if self.signalled_at is not None:
-                    if now - last_forward > 5.0:
-                        print(f"[launch] preemption signal {self.signum}: asking the trainer to save",
-                              file=sys.stderr, flush=True)
-                        self.forward()
+                    if now - last_forward > FORWARD_EVERY_S:
+                        pids = self.forward()
+                        print(f"[launch] preemption signal {self.signum}: asked the trainer to save "
+                              f"(SIGUSR1 to pids {pids})", file=sys.stderr, flush=True)
                         last_forward = now
                     if killed == 0 and now - self.signalled_at > self.grace_s:
                         print("[launch] trainer did not exit in time: SIGTERM", file=sys.stderr, flush=True)

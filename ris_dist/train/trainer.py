@@ -32,8 +32,8 @@ from .instrument import log_skip, log_step, parameter_digest, record_indices, sp
 from .monitor import Monitor, setup_logging
 from .phase_gate import evaluate_phase_gate
 from .schedule import build_optimizer, build_scheduler
-from .weights import calibrate, weights_at
 from .validate import make_val_loader, validate
+from .weights import calibrate, weights_at
 
 logger = logging.getLogger("ris_dist.train")
 

@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import SystemConfig
-from ..losses import nmse
-from ..physics import simulate
 from ..covariance import effective_covariance
 from ..localize import SuccessTable
+from ..losses import nmse
+from ..physics import simulate
 
 
 @dataclass

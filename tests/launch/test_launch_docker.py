@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from launch_helpers import ROOT
 
 pytestmark = pytest.mark.slow

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
-from launch_helpers import ROOT, run_submit
 
 from ris_dist.launch.plain import render_chain_script, render_phase_script, sbatch_options
 from ris_dist.launch.profile import load_profile
+
+from launch_helpers import ROOT, run_submit
 
 GPU = str(ROOT / "configs" / "cluster" / "example_gpu.yaml")
 
@@ -41,11 +43,68 @@ def test_dry_run_all_phases_two_nodes(tmp_path):
     assert "#SBATCH --signal=USR2@180" in out
 
 
-def test_dry_run_submits_nothing_and_needs_no_slurm(tmp_path):
-    res = run_submit("--phase", "0-1", "--dry-run", "--backend", "ddp", "--gpus-per-node", "4", timeout=60,
-                     env={"PATH": "/usr/bin:/bin", "SLURM_CONF": str(tmp_path / "missing.conf")})
+def _path_with_only_python(tmp_path) -> str:
+    """A PATH whose one directory holds only a link to this interpreter: no srun, sbatch or squeue."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    return str(bin_dir)
+
+
+def test_dry_run_needs_no_slurm_on_path(tmp_path):
+    res = run_submit("--phase", "all", "--cluster", "slurm", "--dry-run", "--profile", GPU, timeout=60,
+                     env={"PATH": _path_with_only_python(tmp_path), "SLURM_CONF": str(tmp_path / "missing.conf")})
     assert res.returncode == 0, res.stderr
-    assert "--num_processes 4" in res.stdout
+    out = res.stdout
+    for p in range(4):
+        script = re.search(rf"^# ===== phase {p}: sbatch script =====\n(#!/bin/bash\n.*?)\n# ===== phase {p}: command"
+                           rf".*?=====\n# (.*)$", out, re.M | re.S)
+        assert script, f"phase {p}: no sbatch script / command in the dry run"
+        assert f"#SBATCH --job-name=ris-default-phase{p}" in script.group(1)
+        assert "srun --unbuffered" in script.group(1)
+        assert f"--config configs/phase{p}.yaml run_name=default" in script.group(2)
+    assert out.count("#!/bin/bash") == 4
+
+
+def test_submit_without_slurm_is_a_one_line_error(tmp_path):
+    res = run_submit("--phase", "0", "--cluster", "slurm", "--profile", GPU, timeout=60,
+                     env={"PATH": _path_with_only_python(tmp_path)})
+    assert res.returncode == 2 and res.stdout == ""
+    err = res.stderr.strip()
+    assert "\n" not in err and err.startswith("error: --cluster slurm: srun and sbatch not found on PATH"), err
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """argparse --help sections -> {option or positional: its help text}."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        if line.endswith(":") and not line.startswith(" "):  # section header ("options:")
+            current = None
+            continue
+        head = re.match(r"^  (\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if head:
+            current = head.group(1)
+            entries[current] = head.group(2) or ""
+        elif current is not None and line.startswith(" " * 8) and line.strip():
+            entries[current] = (entries[current] + " " + line.strip()).strip()
+        else:
+            current = None
+    return entries
+
+
+def test_help_documents_every_flag():
+    res = run_submit("--help", timeout=60)
+    assert res.returncode == 0, res.stderr
+    entries = _help_entries(res.stdout)
+    usage = res.stdout.split("\n\n", 1)[0]
+    flags = set(re.findall(r"(--[a-z][\w-]*)", usage))
+    assert len(flags) >= 15, usage
+    shown = {re.split(r"[ ,]", k)[0] for k in entries} | {re.split(r"[ ,]", k)[-1] for k in entries}
+    assert flags <= shown, flags - shown
+    empty = [k for k, v in entries.items() if not v]
+    assert not empty, f"no help text: {empty}"
+    assert "``" not in res.stdout and ":class:" not in res.stdout and ":data:" not in res.stdout
 
 
 def test_bad_phase_spec():

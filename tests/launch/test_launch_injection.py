@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from launch_helpers import run_submit
 
 BAD = ["gpu; rm -rf ~", "$(id)", "a\nb", "`id`", "x y", "a'b", "a|b&c"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from launch_helpers import ROOT, SMOKE, run_submit
 
 pytestmark = pytest.mark.slow

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from launch_helpers import ROOT
 
 from ris_dist.config.schema import ConfigError
 from ris_dist.launch.profile import ClusterProfile, load_profile
+
+from launch_helpers import ROOT
 
 
 def test_shipped_profiles_load():

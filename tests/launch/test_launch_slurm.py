@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from launch_helpers import ROOT, SMOKE, job_ids, run_submit
 
 pytestmark = pytest.mark.slow
