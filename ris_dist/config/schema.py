@@ -7,8 +7,12 @@ message naming the key, the value and the file it came from.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import re
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -124,6 +128,27 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
             for k, v in value.items()
         }
     raise ConfigError(f"{where}{key}: unsupported annotation {tp!r}")
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` of a dataclass: the string literal right below each annotated field.
+
+    Read from the class source with ``ast``, so the docstrings in the code are the only copy of
+    the documentation (``--help``, ``--print-config`` and ``--list-keys`` show them). Fields
+    without one are absent; inherited fields come from the base classes.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for stmt, after in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[stmt.target.id] = _one_line(after.value.value)
+    return docs
 
 
 def build(cls: type[T], data: Mapping[str, Any], *, prefix: str = "", where: str = "") -> T:

@@ -116,7 +116,9 @@ class SystemConfig:
     samp_delta_rel: float = 1e-2
     """δ of R_samp's back-projection, relative to tr(G_l G_l^H)/M."""
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    """The RIS phase codes applied at each snapshot."""
     success: SuccessConfig = field(default_factory=SuccessConfig)
+    """Thresholds of the success criterion and the matching scales."""
 
     def __post_init__(self) -> None:
         check(self.wavelength_m > 0, "wavelength_m", self.wavelength_m, "must be > 0")

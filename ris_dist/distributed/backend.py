@@ -24,18 +24,19 @@ def using_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def make_accelerator() -> Accelerator:
+def make_accelerator(**kwargs) -> Accelerator:
     """An Accelerator that shards across processes on CPU (gloo) as well as on GPUs (NCCL).
 
     On CPU, Accelerate needs an explicit gloo process group (with DeepSpeed) and
     ``cpu=True`` (with DDP); without them every rank runs alone and nothing syncs.
+    ``kwargs`` go to ``Accelerator`` as they are (``log_with=`` trackers).
     """
     cuda = torch.cuda.is_available()
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [InitProcessGroupKwargs(backend="gloo")] if multi_process and not cuda else []
     if using_deepspeed():
-        return Accelerator(kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
-    return Accelerator(cpu=not cuda, kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
+        return Accelerator(kwargs_handlers=handlers, step_scheduler_with_optimizer=False, **kwargs)
+    return Accelerator(cpu=not cuda, kwargs_handlers=handlers, step_scheduler_with_optimizer=False, **kwargs)
 
 
 def _all_reduce_max_(t: torch.Tensor) -> None:

@@ -2,7 +2,8 @@
 
 Also runs as plain ``python -m ris_dist.train ...`` on one process. Exit codes:
 0 done (gate passed or not enforced), 2 bad input (config, checkpoint), 3 gate failed,
-75 preempted (checkpoint saved; requeue).
+75 preempted (checkpoint saved; requeue). ``--help``, ``--list-keys`` and ``--print-config``
+never import torch: they read only the config dataclasses.
 """
 
 from __future__ import annotations
@@ -12,19 +13,28 @@ import logging
 import os
 import sys
 
-import torch.distributed as dist
-
 from ..config import ConfigError
-from .checkpoint import CheckpointError
-from .config import load_train_config
+from ..config.describe import commented_yaml, describe_keys, list_keys_text, sections_text
+from ..config.system import SystemConfig
+from .config import TrainConfig, load_train_config
+from .trackers import require_tracker_packages
 
 EXIT_BAD_INPUT = 2
 
 
+#: dict[str, Any] keys whose keys are documented by a dataclass.
+FREE_FORM = {"system_overrides": SystemConfig}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ris_dist.train", description=__doc__,
+                                epilog=sections_text(TrainConfig) + "\n\nSee docs/configuration.md.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="phase YAML (path, or a name under configs/ like phase0)")
+    p.add_argument("--config", help="phase YAML (path, or a name under configs/ like phase0); required to train")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (YAML, each key with its doc as a comment) and exit")
+    p.add_argument("--list-keys", action="store_true",
+                   help="list every dotted key with its type, default and doc, and exit")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, values parsed as YAML")
     return p
 
@@ -35,7 +45,8 @@ def _shutdown(code: int) -> None:
     Multi-process CPU runs sometimes abort in static destructors after a clean run; tearing
     the process group down and leaving with os._exit makes the exit code the run's own.
     """
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # a --help or --print-config run never imported torch
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     logging.shutdown()
@@ -45,13 +56,24 @@ def _shutdown(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list_keys:
+        print(list_keys_text(describe_keys(TrainConfig, free_form=FREE_FORM)))
+        return 0
+    if args.config is None:
+        parser.error("--config is required (or --list-keys)")
     try:
         cfg = load_train_config(args.config, args.overrides)
+        if args.print_config:
+            print("\n".join(commented_yaml(cfg)))
+            return 0
+        require_tracker_packages(cfg.log.trackers)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from ..distributed.preempt import PreemptionFlag
+    from .checkpoint import CheckpointError
     from .trainer import Trainer  # heavy imports after the config is known to be good
 
     preempt = PreemptionFlag()  # before the slow set-up, so an early signal is not lost

@@ -16,7 +16,7 @@ import yaml
 
 from ..config.schema import ConfigError, apply_overrides, build, check, parse_overrides, read_yaml, to_dict
 from ..config.system import resolve_named
-from ..losses import LossConfig
+from ..loss_config import LossConfig
 from ..model.config import MODEL_PRESETS, ModelConfig
 
 
@@ -27,6 +27,7 @@ class DataConfig:
     val_scenes: int = 512
     """Validation scenes (global indices 0..val_scenes-1 of val_split)."""
     train_split: str = "train"
+    """Split name of the training scenes (part of every scene's random key)."""
     val_split: str = "val"
     """Phase 0 sets val_split = train_split with the same counts: identical sets (overfit smoke test)."""
     seed: int = 0
@@ -34,7 +35,9 @@ class DataConfig:
     batch_size: int = 64
     """GLOBAL batch size: split across ranks, so 1 or N processes see the same scene stream and loss."""
     val_batch_size: int = 128
+    """Validation batch size per process (Accelerate's loader gives each process this many scenes)."""
     shuffle: bool = True
+    """Visit the training scenes in a new seeded order every epoch (the same on every rank); false = index order."""
     generate_on_device: bool = True
     """Simulate scenes directly on the training device (no loader workers to starve a GPU)."""
 
@@ -50,11 +53,15 @@ class OptimConfig:
     head_lr_mult: float = 4.0
     """Head LR = lr x head_lr_mult."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
     eps: float = 1e-8
+    """AdamW epsilon."""
     grad_clip: float = 0.0
     """Clip the global grad norm to this value after the gate accepts a step; 0 = off."""
     warmup_steps: int = 0
+    """Real optimizer steps of linear LR warmup from warmup_floor to 1 (then cosine decay); 0 = none."""
     warmup_floor: float = 0.1
     """LR multiplier at step 0 of warmup; > 0 so the first steps move the weights."""
     min_lr_ratio: float = 0.05
@@ -64,6 +71,7 @@ class OptimConfig:
     backbone_lr_mult_initial: float = 1.0
     """Backbone LR multiplier during the first backbone_warm_steps steps (0 = frozen backbone)."""
     backbone_warm_steps: int = 0
+    """Real optimizer steps during which backbone_lr_mult_initial applies (0 = never)."""
 
     def __post_init__(self) -> None:
         check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "must be > 0")
@@ -85,7 +93,9 @@ class RampConfig:
     """A loss weight's multiplier: 0 before start_step, linear to 1 over ramp_steps."""
 
     start_step: int = 0
+    """Optimizer step from which the weight is on (multiplier 0 before it)."""
     ramp_steps: int = 0
+    """Steps of the linear ramp of the multiplier from 0 to 1; 0 = the full weight at start_step."""
 
     def __post_init__(self) -> None:
         check(self.start_step >= 0, "start_step", self.start_step, "must be >= 0")
@@ -110,8 +120,11 @@ class BetaConfig:
     """
 
     start: float = 0.0
+    """β at step 0."""
     end: float = 0.0
+    """β after ramp_steps (and throughout when ramp_steps is 0)."""
     ramp_steps: int = 0
+    """Optimizer steps of the linear ramp from start to end."""
     localize: float | None = None
     """β of the R_eff that MUSIC searches; None = the training β at that step."""
 
@@ -138,6 +151,7 @@ class AmpConfig:
     dtype: Literal["none", "bf16", "fp16"] = "none"
     """Autocast dtype. fp16 uses a GradScaler whose found_inf is all-reduced across ranks."""
     init_scale: float = 2.0**16
+    """Initial loss scale of the fp16 GradScaler."""
 
     def __post_init__(self) -> None:
         check(self.init_scale > 0, "init_scale", self.init_scale, "must be > 0")
@@ -148,6 +162,7 @@ class AveragingConfig:
     """EMA or SWA of the weights (off by default)."""
 
     enabled: bool = False
+    """Keep the averaged weights (ema: validated and saved as best/; swa: saved as swa/)."""
     decay: float = 0.999
     """EMA only: decay per optimizer step."""
     start_step: int = 0
@@ -204,6 +219,7 @@ class GateConfig:
     """
 
     kind: Literal["phase0", "phase1", "phase2", "phase3"] = "phase0"
+    """Which phase's criteria the gate applies (see the class doc)."""
     enforce: bool = True
     """A failed gate makes the process exit non-zero."""
     rmse_tol: float = 0.1
@@ -221,6 +237,7 @@ class CheckpointConfig:
     every_steps: int = 0
     """Save a resumable checkpoint every N optimizer steps; 0 = only at the end."""
     keep_last: int = 2
+    """Resumable checkpoints kept on disk (the oldest beyond this are deleted)."""
     resume: bool = True
     """Resume from the latest valid checkpoint in the run folder if there is one."""
 
@@ -234,8 +251,11 @@ class InjectConfig:
     """Replace this rank's gradients with a non-finite value at the given optimizer steps."""
 
     ranks: list[int] = field(default_factory=list)
+    """Ranks (process indices) whose gradients are replaced."""
     steps: list[int] = field(default_factory=list)
+    """Optimizer steps (1-based) at which they are replaced."""
     value: Literal["inf", "nan"] = "inf"
+    """The value written into every gradient entry."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +263,7 @@ class DebugConfig:
     """Drills for tests and incident rehearsal; all off by default."""
 
     inject_nonfinite_grad: InjectConfig = field(default_factory=InjectConfig)
+    """Replace gradients with inf/NaN on chosen ranks and steps (tests the step gate)."""
     record_indices: bool = False
     """Each rank appends the global scene indices of every step to <run>/indices/rank<R>.jsonl."""
     preempt_at_step: int = 0
@@ -255,13 +276,63 @@ class DebugConfig:
         check(self.kill_during_save_step >= 0, "kill_during_save_step", self.kill_during_save_step, "must be >= 0")
 
 
+TRACKER_EXTRAS: dict[str, str | None] = {"tensorboard": None, "wandb": "wandb", "mlflow": "mlflow"}
+"""Tracker name -> the optional extra of ris_dist that installs its package (None: always installed)."""
+
+
 @dataclass(frozen=True)
 class LogConfig:
+    """Instrumentation lines, progress reports and experiment trackers (docs/monitoring.md)."""
+
     every_steps: int = 10
+    """Write the [LR]/[GRAD] lines and the train/loss scalars every N optimizer steps (and at step 1)."""
     progress_bar: bool = True
+    """Report progress: a tqdm bar on a terminal; a [PROGRESS] log line every progress_interval_s when
+    stdout or stderr is a file or a pipe, or under SLURM. false = neither."""
+    progress_interval_s: float = 60.0
+    """Seconds between [PROGRESS] lines when the output is not a terminal."""
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers fed through Accelerate's tracker API. TensorBoard also gets the MUSIC spectrum
+    images, the config text and the hparams; wandb and mlflow need their extra (pip install 'ris_dist[mlflow]')."""
 
     def __post_init__(self) -> None:
         check(self.every_steps >= 1, "every_steps", self.every_steps, "must be >= 1")
+        check(math.isfinite(self.progress_interval_s) and self.progress_interval_s > 0, "progress_interval_s",
+              self.progress_interval_s, "must be > 0")
+        check(len(set(self.trackers)) == len(self.trackers), "trackers", self.trackers, "lists a tracker twice")
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """torch.profiler around a few optimizer steps; off by default (docs/monitoring.md)."""
+
+    steps: tuple[int, int] | None = None
+    """[first, last]: profile optimizer steps first..last (both included, first < last); null = off. The trace
+    goes to <run>/<phase>/tb/profile (TensorBoard's profiler plugin), a top-ops table to the log."""
+    table_rows: int = 15
+    """Rows of the top-ops table (sorted by self time) logged after the last profiled step."""
+    record_shapes: bool = False
+    """Record the input shapes of every op (a larger trace)."""
+    profile_memory: bool = False
+    """Track tensor allocations (the profiler plugin's memory view)."""
+    with_stack: bool = False
+    """Record the Python stack of every op (a much larger trace)."""
+
+    def __post_init__(self) -> None:
+        if self.steps is not None:
+            first, last = self.steps
+            check(1 <= first < last, "steps", list(self.steps), "needs 1 <= first < last")
+        check(self.table_rows >= 1, "table_rows", self.table_rows, "must be >= 1")
+
+
+def check_profile_steps(cfg: TrainConfig) -> None:
+    """profile.steps must lie within the steps the run takes (epochs of the data, capped by max_steps)."""
+    if cfg.profile.steps is None:
+        return
+    per_epoch = math.ceil(cfg.data.train_scenes / (cfg.data.batch_size * cfg.optim.grad_accum_steps))
+    total = per_epoch * cfg.epochs if not cfg.max_steps else min(per_epoch * cfg.epochs, cfg.max_steps)
+    check(cfg.profile.steps[1] <= total, "profile.steps", list(cfg.profile.steps),
+          f"the run takes {total} optimizer steps")
 
 
 @dataclass(frozen=True)
@@ -271,13 +342,17 @@ class TrainConfig:
     mode: Literal["standard", "pure_overfit"] = "standard"
     """pure_overfit asserts beta=0, lam_cov=1, all other weights 0, no decay/dropout/AMP/EMA/SWA."""
     run_name: str = "default"
+    """Run folder name under output_dir; every phase of a curriculum shares it."""
     output_dir: str = "runs"
+    """Root folder of all runs."""
     system: str = "tiny"
     """System config name (tiny, full) or YAML path."""
     system_overrides: dict[str, Any] = field(default_factory=dict)
+    """System keys to replace (e.g. {num_snapshots: 8}); the keys are those of the system YAML."""
     seed: int = 0
     """Seed of model initialization and dropout (the data has its own, data.seed)."""
     epochs: int = 1
+    """Passes over data.train_scenes."""
     max_steps: int = 0
     """Stop after this many optimizer steps (smoke runs); 0 = run all epochs."""
     init_from: str = ""
@@ -286,23 +361,38 @@ class TrainConfig:
     previous_phase: str = ""
     """The phase whose best model init_from=auto starts from."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig(**MODEL_PRESETS["tiny"]))
+    """Network shape; model.preset: tiny|full fills it from a named preset, other model.* keys override."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Scenes, splits, seeds and batch sizes."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW, LR schedule, clipping and accumulation."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights (λ) and the forms of the loss terms."""
     ramps: dict[str, RampConfig] = field(default_factory=dict)
     """Per-weight ramps keyed by weight name (lam_k, lam_gap, ...)."""
     auto_weights: dict[str, float] = field(default_factory=dict)
     """Structure weights set at start-up so that term's share of the total loss is the given
     fraction on a calibration batch (e.g. {lam_subspace: 0.1}); the resolved λ is logged and saved."""
     beta: BetaConfig = field(default_factory=BetaConfig)
+    """Mixing weight β of R_eff = (1-β)R_pred + βR_samp, for the loss and for MUSIC."""
     amp: AmpConfig = field(default_factory=AmpConfig)
+    """Mixed precision (autocast dtype, fp16 loss scale)."""
     ema: AveragingConfig = field(default_factory=AveragingConfig)
+    """Exponential moving average of the weights."""
     swa: AveragingConfig = field(default_factory=AveragingConfig)
+    """Stochastic weight averaging (saved as swa/ at the end)."""
     val: ValConfig = field(default_factory=ValConfig)
+    """Validation schedule, localization, K̂ rule, best-checkpoint metric and early stopping."""
     gate: GateConfig = field(default_factory=GateConfig)
+    """The phase acceptance gate written to gate.json."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Resumable checkpoints and resume."""
     log: LogConfig = field(default_factory=LogConfig)
+    """Log lines, progress reports and experiment trackers."""
     debug: DebugConfig = field(default_factory=DebugConfig)
+    """Drills for tests and incident rehearsal (fault injection, preemption, index recording)."""
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    """torch.profiler around chosen optimizer steps."""
 
     def __post_init__(self) -> None:
         check(bool(self.run_name) and "/" not in self.run_name and not self.run_name.startswith("."),
@@ -327,6 +417,7 @@ class TrainConfig:
                   "localization gates need val.localize: true and val.at_start: true (the reference)")
         if self.mode == "pure_overfit":
             check_pure_overfit(self)
+        check_profile_steps(self)
 
     @property
     def run_dir(self) -> Path:

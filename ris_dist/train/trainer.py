@@ -15,7 +15,6 @@ import signal
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import ConfigError, load_system
 from ..data.sampler import GlobalIndexStream
@@ -31,7 +30,10 @@ from .config import TrainConfig, dump_config
 from .instrument import log_skip, log_step, parameter_digest, record_indices, spectrum_images
 from .monitor import Monitor, setup_logging
 from .phase_gate import evaluate_phase_gate
+from .profiling import StepProfiler
+from .progress import Progress
 from .schedule import build_optimizer, build_scheduler
+from .trackers import build_trackers
 from .validate import make_val_loader, validate
 from .weights import calibrate, weights_at
 
@@ -65,7 +67,7 @@ class TrainerState:
 class Trainer:
     def __init__(self, cfg: TrainConfig, preempt: PreemptionFlag | None = None):
         self.cfg = cfg
-        self.accelerator = make_accelerator()
+        self.accelerator = make_accelerator(log_with=build_trackers(cfg) or None)
         acc = self.accelerator
         setup_logging(acc.is_main_process, acc.process_index)
         self.run_dir = cfg.run_dir
@@ -105,7 +107,7 @@ class Trainer:
         self.ema = self._averaged(model, cfg.ema, ema=True)
         self.swa = self._averaged(model, cfg.swa, ema=False)
         self.state = TrainerState()
-        self.monitor = Monitor(self.run_dir, acc.is_main_process)
+        self.monitor = Monitor(self.run_dir, acc, cfg)
         self.stream = GlobalIndexStream(cfg.data.train_scenes, cfg.data.seed, cfg.data.shuffle)
         self.val_loader = make_val_loader(acc, cfg.data.val_scenes, cfg.data.val_batch_size)
         self.preempt = preempt if preempt is not None else PreemptionFlag()
@@ -257,9 +259,10 @@ class Trainer:
         accum = cfg.optim.grad_accum_steps
         stream = self.stream.iterate(self.state.epoch, self.state.position, self.global_batch,
                                      acc.process_index, self.world, end_epoch=cfg.epochs)
-        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not (acc.is_main_process and
-                                                                                 cfg.log.progress_bar),
-                   desc=f"{cfg.phase}", dynamic_ncols=True)
+        bar = Progress(self.total_steps, self.state.step, enabled=acc.is_main_process and cfg.log.progress_bar,
+                       interval_s=cfg.log.progress_interval_s, desc=cfg.phase,
+                       last_loss=lambda: self.monitor.last("loss", "total"))
+        profiler = StepProfiler(cfg.profile, self.run_dir, acc.process_index, acc.is_main_process, acc.device.type)
         self._t0, self._samples = time.perf_counter(), 0
         exit_code, stop = EXIT_OK, False
         while not stop and self.state.step < self.total_steps:
@@ -277,8 +280,9 @@ class Trainer:
                     break
             if not micro:
                 break
-            self.step_once(micro)
-            bar.update(1)
+            with profiler.step(self.state.step + 1):
+                self.step_once(micro)
+            bar.update(self.state.step)
             step = self.state.step
             if (cfg.val.every_steps and step % cfg.val.every_steps == 0) or (not cfg.val.every_steps and epoch_end):
                 stop = self._validate_and_track() or stop
@@ -295,6 +299,7 @@ class Trainer:
                         {"step": step, "signal": preempt_signal, "exit_code": EXIT_REQUEUE}))
                 exit_code, stop = EXIT_REQUEUE, True
         bar.close()
+        profiler.close()
         if exit_code == EXIT_OK:
             exit_code = self._finish()
         self._log_digest()
