@@ -22,7 +22,7 @@ from ris_dist.config import load_system
 from ris_dist.losses import LossWeights, compute_loss
 from ris_dist.model import build_model, model_config
 from ris_dist.physics import simulate
-from ris_dist.train.checkpoint import save_weights
+from ris_dist.train.checkpoint import load_weights, save_weights
 from ris_dist.train.config import load_train_config
 from trainrun import FAST, checkpoint_model, train
 
@@ -79,8 +79,6 @@ def phase2(init_dir, tmp_path_factory):
 
 
 def test_phase2_backbone_is_frozen_then_moves(phase2, init_dir):
-    from ris_dist.train.checkpoint import load_weights
-
     cfg = load_train_config(phase2.run_dir / "config.yaml")
     assert cfg.optim.backbone_lr_mult_initial == 0.0  # the shipped phase-2 setting under test
     backbone, head = _backbone_names()
@@ -128,8 +126,6 @@ def phase3(init_dir, tmp_path_factory):
 
 
 def test_auto_weights_give_each_term_its_share_on_the_calibration_batch(phase3, init_dir):
-    from ris_dist.train.checkpoint import load_weights
-
     first, _, calibrated = phase3
     cfg = load_train_config(first.run_dir / "config.yaml")
     assert set(cfg.auto_weights) == {"lam_subspace", "lam_ortho", "lam_gap"}
