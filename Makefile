@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS=-rs` (.ci/run lists every skip that way).
+PYTEST_ARGS ?=
 
 .PHONY: install test demo bench clean
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m ris_dist.demo
