@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS=-rs` (.ci/run lists every skip that way).
+PYTEST_ARGS ?=
 
 .PHONY: install lint test demo bench clean
 
@@ -23,7 +25,7 @@ lint: install
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m ris_dist.demo

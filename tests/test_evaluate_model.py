@@ -21,11 +21,20 @@ FILES = ("results.json", "report.md", "rmse_vs_snr.png", "rmse_vs_range.png", "s
 ALL_METHODS = ["b1", "b2", "model", "model_oracle_k"]
 
 
-def make_checkpoint(path: Path, system: str = "tiny", **meta_extra) -> Path:
-    """A best/ folder like the trainer writes, from a freshly built (untrained) tiny model."""
+def make_checkpoint(path: Path, system: str = "tiny", k_head_answers: int | None = None, **meta_extra) -> Path:
+    """A best/ folder like the trainer writes, from a freshly built (untrained) tiny model.
+
+    ``k_head_answers=k`` sets the K head's last layer so that its argmax is k on every scene.
+    """
     cfg = model_config("tiny")
     torch.manual_seed(0)
     model = build_model(load_system(system), cfg)
+    if k_head_answers is not None:
+        last = model.k_head[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(-10.0)
+            last.bias[k_head_answers - 1] = 10.0
     save_weights(path, model.state_dict(), {"step": 0, "metrics": {}, "system": system, "system_overrides": {},
                                             "model": dataclasses.asdict(cfg), "beta": 0.5, "k_source": "head",
                                             **meta_extra})
@@ -102,17 +111,23 @@ def test_success_rule_checkpoint_also_reports_the_argmax(setup, tmp_path, capsys
     from ris_dist.localize import SuccessTable
 
     _, split, _ = setup
-    # q_2 = 0 everywhere: the rule can only ever answer K̂ = 1, whatever the head says
+    from ris_dist.data import load_split
+
+    # The head's argmax is K = 2 on every scene; q_2 = 0 everywhere, so the rule answers K̂ = 1.
     table = SuccessTable((-10.0, 30.0), ((0.5, 0.0),), ((10, 10),))
-    ckpt = make_checkpoint(tmp_path / "best", k_decision="success", k_success_table=table.to_json())
+    ckpt = make_checkpoint(tmp_path / "best", k_head_answers=2, k_decision="success",
+                           k_success_table=table.to_json())
     out = tmp_path / "out"
     assert main(["--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert list(res["methods"]) == ["b1", "b2", "model", "model_map_k", "model_oracle_k"]
     assert res["model"]["k_decision"] == "success"
     served, argmax = res["methods"]["model"]["overall"], res["methods"]["model_map_k"]["overall"]
-    assert served["K_over"] == 0.0 and served["num_est"] <= res["num_scenes"]
-    assert (argmax["K_acc"], argmax["num_est"]) != (served["K_acc"], served["num_est"])
+    k_true = torch.cat([b.num_sources for b in load_split(split).batches(32)])
+    assert len(k_true) == res["num_scenes"] and 0 < int((k_true == 1).sum()) < len(k_true)
+    assert served["K_acc"] == pytest.approx(float((k_true == 1).float().mean()))
+    assert argmax["K_acc"] == pytest.approx(float((k_true == 2).float().mean()))
+    assert served["K_over"] == 0.0 and argmax["K_under"] == 0.0
     assert "by the expected-success rule" in (out / "report.md").read_text()
 
 

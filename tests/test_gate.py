@@ -1,8 +1,7 @@
 """The step gate: one decision from the global norm and found_inf, identical on every rank."""
 
 import math
-import os
-import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -40,15 +39,11 @@ def test_total_grad_norm_is_global_l2_and_keeps_nonfinite():
     assert math.isnan(float(total_grad_norm([a, b])))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, norms: list[float], found: list[float], out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # The test process owns the store's listening socket (bound to port 0 before the workers
+    # start), so there is no window in which another process can take the port.
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=False, timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     try:
         d = step_gate(torch.tensor(norms[rank]), torch.tensor(found[rank]))
         out.put((rank, d.step, d.reason, d.grad_norm))
@@ -65,14 +60,21 @@ def _worker(rank: int, world: int, port: int, norms: list[float], found: list[fl
 def test_two_gloo_ranks_take_the_same_decision(norms, found, want_step, want_reason):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, norms, found, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(q.get(timeout=60) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60))
+    procs = [ctx.Process(target=_worker, args=(r, 2, store.port, norms, found, q)) for r in range(2)]
+    try:
+        for p in procs:
+            p.start()
+        results = sorted(q.get(timeout=60) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(timeout=10)
+        del store
     assert [r[1] for r in results] == [want_step, want_step]
     assert [r[2] for r in results] == [want_reason, want_reason]
     if want_step:

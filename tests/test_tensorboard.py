@@ -143,14 +143,9 @@ def test_server_api_serves_the_same_tags_and_values(server, run_dir):
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Path:
+def chromium(missing_tool) -> Path:
     if not CHROMIUM.exists():
-        proc = subprocess.run("apt-get update && apt-get install -y chromium", shell=True, capture_output=True,
-                              text=True, timeout=900)
-        if proc.returncode != 0 or not CHROMIUM.exists():
-            why = f"installing chromium failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-500:]}"
-            print(why)
-            pytest.skip(why)
+        missing_tool(f"{CHROMIUM} not found (apt-get install chromium; .ci/run installs it)")
     return CHROMIUM
 
 

@@ -11,13 +11,21 @@ from trainrun import FAST, train
 def test_bf16_ema_swa_and_accumulation_run_and_are_saved(tmp_path):
     run = train(tmp_path, FAST + ["mode=standard", "max_steps=4", "amp.dtype=bf16", "ema.enabled=true",
                                   "ema.decay=0.9", "swa.enabled=true", "swa.start_step=2",
-                                  "optim.grad_accum_steps=2", "checkpoint.every_steps=2"])
+                                  "optim.grad_accum_steps=2", "checkpoint.every_steps=2", "debug.record_indices=true"])
     assert run.returncode == 0, run.log[-3000:]
     train_log = run.records("train")
     assert train_log[4]["real_steps"] == 4 and all(r["stepped"] for r in train_log.values())
     assert all(r["delta_param"] > 0 for r in train_log.values())
-    # Each step consumed two global micro-batches of the stream.
-    assert run.records("loss")[4]["total"] > 0
+    # Each step consumed two global micro-batches of the stream, except the one that ends an epoch
+    # (96 scenes: 64 + 32): one record per micro-batch, 32 scenes each.
+    micro = {}
+    for line in (run.run_dir / "indices" / "rank0.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        micro.setdefault(r["step"], []).append(r["indices"])
+    assert {step: [len(m) for m in ms] for step, ms in micro.items()} == {1: [32, 32], 2: [32], 3: [32, 32], 4: [32]}
+    for epoch_steps in ((1, 2), (3, 4)):
+        seen = sorted(i for step in epoch_steps for m in micro[step] for i in m)
+        assert seen == list(range(96)), epoch_steps
     for folder in ("best", "swa"):
         assert (run.run_dir / folder / "model.pt").is_file()
     ckpt = run.run_dir / "checkpoints" / "step-00000004"

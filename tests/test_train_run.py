@@ -6,6 +6,7 @@ the resolved config, metrics, TensorBoard events and a gate.json with every crit
 """
 
 import json
+import math
 import subprocess
 import sys
 
@@ -13,9 +14,19 @@ import pytest
 import yaml
 
 from ris_dist.train.config import load_train_config
-from ris_dist.train.schedule import lr_multiplier
 
 STEPS = 24
+# configs/phase0.yaml's schedule, with optim.warmup_steps=4 (checked against the run's config.yaml).
+LR, FLOOR, MIN_RATIO, WARMUP = 1e-3, 0.1, 0.05, 4
+
+
+def expected_lr(real_steps: int) -> float:
+    """Backbone LR after ``real_steps`` accepted steps: linear from LR·FLOOR to LR over WARMUP steps,
+    then half a cosine down to LR·MIN_RATIO at step STEPS."""
+    if real_steps < WARMUP:
+        return LR * (FLOOR + (1 - FLOOR) * real_steps / WARMUP)
+    t = (real_steps - WARMUP) / (STEPS - WARMUP)
+    return LR * (MIN_RATIO + (1 - MIN_RATIO) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +67,20 @@ def test_nonfinite_gradient_is_skipped_and_scheduler_does_not_tick(run):
     train = _kind(records, "train")
     assert [s for s, r in train.items() if not r["stepped"]] == [5, 6]
     assert "[GRAD] step=5 norm=nan skip(nonfinite)" in log
-    cfg = load_train_config(run_dir / "config.yaml")
+    o = load_train_config(run_dir / "config.yaml").optim
+    assert (o.lr, o.warmup_floor, o.min_lr_ratio, o.warmup_steps, o.head_lr_mult) == (LR, FLOOR, MIN_RATIO, WARMUP, 4)
     for step, r in train.items():
         # One tick per real step: the LR is a function of real steps only.
-        expected = cfg.optim.lr * lr_multiplier(r["real_steps"], STEPS, cfg.optim)
-        assert r["lr_backbone"] == pytest.approx(expected, rel=1e-6), step
-        assert r["lr_head"] == pytest.approx(4 * expected, rel=1e-6), step
+        assert r["lr_backbone"] == pytest.approx(expected_lr(r["real_steps"]), rel=1e-6), step
+        assert r["lr_head"] == pytest.approx(4 * expected_lr(r["real_steps"]), rel=1e-6), step
     assert train[STEPS]["real_steps"] == STEPS - 2
     assert train[4]["lr_backbone"] == train[6]["lr_backbone"]
+    # The shape by hand: warmup starts above the floor, peaks at LR, then decays monotonically.
+    assert train[1]["lr_backbone"] == pytest.approx(3.25e-4) and train[7]["real_steps"] == WARMUP + 1
+    assert train[3]["lr_backbone"] == pytest.approx(LR * (FLOOR + (1 - FLOOR) * 3 / 4))
+    assert train[4]["lr_backbone"] == pytest.approx(LR)
+    decay = [train[s]["lr_backbone"] for s in range(6, STEPS + 1)]
+    assert all(a > b for a, b in zip(decay, decay[1:])) and decay[-1] == pytest.approx(expected_lr(STEPS - 2))
 
 
 def test_weights_move_after_real_steps_only(run):

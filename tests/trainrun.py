@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -60,11 +61,60 @@ def command(backend: str | None) -> list[str]:
     return [ACCELERATE, "launch", "--config_file", f"configs/accelerate/{backend}.yaml", "-m", "ris_dist.train"]
 
 
+def start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own session, so :func:`kill_group` reaches every rank it spawns."""
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole process group of ``proc`` (the launcher and any rank it left behind)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # every member has already exited
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for ``proc`` and return its output; on timeout kill its whole group, then fail.
+
+    The group is killed after a normal exit too: an orphaned rank must not keep a CI core busy.
+    """
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, _ = proc.communicate()
+        raise AssertionError(f"{' '.join(proc.args[:6])} …: no exit after {timeout:.0f} s; killed its process "
+                             f"group. Output tail:\n{out[-3000:]}") from None
+    finally:
+        kill_group(proc)
+    return out
+
+
 def train(out: Path, overrides: list[str], backend: str | None = None, run_name: str = "t",
           config: str = "configs/phase0.yaml", timeout: float = 420, env: dict | None = None) -> Run:
     """Run to completion (hard timeout: a hang fails the test instead of stalling CI)."""
     cmd = command(backend) + ["--config", config, f"output_dir={out}", f"run_name={run_name}", *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = start(cmd, env)
+    log = finish(proc, timeout)
     phase = "phase0" if config.endswith("phase0.yaml") else Path(config).stem
-    return Run(proc.returncode, proc.stdout + proc.stderr, out / run_name / phase)
+    return Run(proc.returncode, log, out / run_name / phase)
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:08d}"
+
+
+def checkpoint_model(run_dir: Path, step: int) -> dict:
+    """The live model's weights saved by ``accelerator.save_state`` at optimizer step ``step``."""
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint_dir(run_dir, step) / "model.safetensors"))
+
+
+def checkpoint_custom(run_dir: Path, step: int, index: int) -> dict:
+    """State of the ``index``-th object registered for checkpointing (0 = scheduler, then EMA, SWA)."""
+    import torch
+
+    return torch.load(checkpoint_dir(run_dir, step) / f"custom_checkpoint_{index}.pkl", weights_only=True)

@@ -10,6 +10,7 @@ the marker is never loaded, so a crash mid-save resumes from the previous checkp
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -22,6 +23,8 @@ import torch
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 BEST_WEIGHTS = "model.pt"
+
+logger = logging.getLogger("ris_dist.train")
 
 
 class CheckpointError(RuntimeError):
@@ -56,9 +59,42 @@ def list_valid(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of checkpoint folder ``path``; CheckpointError names the file."""
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(f"{state_file}: missing trainer state")
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{state_file}: invalid JSON ({err})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("trainer"), dict):
+        raise CheckpointError(f"{state_file}: no 'trainer' mapping (not written by the trainer)")
+    return state
+
+
 def latest_valid(root: Path) -> Path | None:
-    valid = list_valid(root)
-    return valid[-1] if valid else None
+    """The newest complete checkpoint whose trainer state reads; None when there is none.
+
+    A folder with a missing or corrupt ``trainer_state.json`` is skipped with a one-line warning
+    naming the file, so a resume falls back to the previous checkpoint. When every complete
+    checkpoint is unreadable, the newest one's error is raised: resuming from scratch would
+    silently discard the run.
+    """
+    rejected: CheckpointError | None = None
+    for path in reversed(list_valid(root)):
+        try:
+            read_trainer_state(path)
+        except CheckpointError as err:
+            logger.warning("skipping checkpoint: %s", err)
+            rejected = rejected or err
+            continue
+        if rejected is not None:
+            logger.warning("resuming from the previous checkpoint %s", path)
+        return path
+    if rejected is not None:
+        raise CheckpointError(f"{rejected}; no earlier valid checkpoint under {root}")
+    return None
 
 
 def save(accelerator, root: Path, step: int, trainer_state: dict[str, Any], keep_last: int,
@@ -100,13 +136,7 @@ def load(accelerator, path: Path) -> dict[str, Any]:
     """Restore every registered state from ``path`` and return its trainer state."""
     if not (path / MARKER).is_file():
         raise CheckpointError(f"{path}: incomplete checkpoint (no {MARKER} marker)")
-    state_file = path / STATE_FILE
-    if not state_file.is_file():
-        raise CheckpointError(f"{state_file}: missing trainer state")
-    try:
-        state = json.loads(state_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{state_file}: invalid JSON ({err})") from None
+    state = read_trainer_state(path)
     accelerator.load_state(str(path))
     return state
 
