@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ris_dist.train import checkpoint as ckpt
+
 from trainrun import FAST, checkpoint_dir, train
 
 

@@ -13,6 +13,7 @@ from ris_dist.model import build_model, model_config
 from ris_dist.physics import simulate
 from ris_dist.train.checkpoint import load_weights
 from ris_dist.train.config import load_train_config
+
 from trainrun import FAST, checkpoint_custom, checkpoint_model, train
 
 DECAY = 0.5

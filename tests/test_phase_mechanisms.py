@@ -24,6 +24,7 @@ from ris_dist.model import build_model, model_config
 from ris_dist.physics import simulate
 from ris_dist.train.checkpoint import load_weights, save_weights
 from ris_dist.train.config import load_train_config
+
 from trainrun import FAST, checkpoint_model, train
 
 pytestmark = pytest.mark.slow

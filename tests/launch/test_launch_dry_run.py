@@ -143,14 +143,13 @@ def test_shipped_slurm_scripts_are_generated_and_equivalent():
 
 
 @pytest.mark.parametrize("name", ["phase0.sh", "phase1.sh", "phase2.sh", "phase3.sh", "chain.sh"])
-def test_slurm_scripts_pass_bash_n_and_shellcheck(name):
+def test_slurm_scripts_pass_bash_n_and_shellcheck(name, missing_tool):
     path = ROOT / "slurm" / name
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
-    if shutil.which("shellcheck"):
-        res = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
-        assert res.returncode == 0, res.stdout
-    else:
-        print("shellcheck not installed: only bash -n checked")
+    if not shutil.which("shellcheck"):
+        missing_tool("shellcheck not installed (.ci/run installs it)")
+    res = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
 
 
 def test_plain_script_rejects_bad_run_name_and_overrides(tmp_path):
