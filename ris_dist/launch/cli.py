@@ -19,6 +19,7 @@ from pathlib import Path
 from ..config.schema import ConfigError
 from .command import check_configs, check_inputs, make_request, train_command
 from .profile import BACKENDS, load_profile
+from .recipe import DEFAULT_RECIPE, RECIPES
 
 EXIT_BAD_INPUT = 2
 
@@ -39,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--qos")
     p.add_argument("--max-requeues", type=int)
     p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument("--recipe", help=f"curriculum: {', '.join(RECIPES)} (default: the profile's recipe, else "
+                                    f"{DEFAULT_RECIPE}); see docs/full_recipe.md")
     p.add_argument("--run-name")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts and commands, submit nothing")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the chain and exit with its result")
@@ -70,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(profile_path, {
             "nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task,
             "time_min": args.time_min, "partition": args.partition, "account": args.account, "qos": args.qos,
-            "max_requeues": args.max_requeues, "backend": args.backend})
-        req = make_request(args.phase, args.run_name, args.overrides)
+            "max_requeues": args.max_requeues, "backend": args.backend, "recipe": args.recipe})
+        req = make_request(args.phase, args.run_name, args.overrides, profile.recipe)
         python = profile.python or sys.executable
         if args.dry_run:
             check_configs(root, req)
