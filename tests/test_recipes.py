@@ -128,3 +128,13 @@ def test_missing_or_bad_meta_is_one_line(tmp_path):
     (best / "meta.json").unlink()
     with pytest.raises(ckpt.CheckpointError, match="meta.json: missing"):
         ckpt.check_system(best, system)
+
+
+def test_bench_system_option_trains_that_system_and_preset():
+    from ris_dist.bench.scaling import system_overrides
+
+    assert system_overrides("", "") == []  # the phase config's own system and preset
+    for system, preset, want in (("full", "", "full"), ("full", "full-lite", "full-lite")):
+        cfg = load_train_config("configs/phase0.yaml", system_overrides(system, preset))
+        assert cfg.system == "full"
+        assert dataclasses.asdict(cfg.model) == {**MODEL_PRESETS[want], "dropout": 0.0}
