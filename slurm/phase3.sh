@@ -57,7 +57,7 @@ trap on_signal USR2 TERM
 # the launcher ignores USR1/USR2 (the ranks install their own handlers); @NODE_RANK@ = SLURM_NODEID
 # shellcheck disable=SC2016
 srun --ntasks-per-node=1 --kill-on-bad-exit=0 bash -c 'trap "" USR1 USR2; a=(); for x in "$@"; do [ "$x" = @NODE_RANK@ ] && x="$SLURM_NODEID"; a+=("$x"); done; exec "${a[@]}"' ris-node \
-  "$PYTHON" -m accelerate.commands.launch --config_file configs/accelerate/deepspeed_zero2.yaml --num_machines 2 --num_processes 16 --machine_rank @NODE_RANK@ --main_process_ip "$MAIN_IP" --main_process_port "$MAIN_PORT" -m ris_dist.train --config configs/phase3.yaml "run_name=$RUN_NAME" "$@" &
+  "$PYTHON" -m accelerate.commands.launch --config_file configs/accelerate/deepspeed_zero2.yaml --num_machines 2 --num_processes 16 --machine_rank @NODE_RANK@ --main_process_ip "$MAIN_IP" --main_process_port "$MAIN_PORT" -m ris_dist.train --config configs/full/phase3.yaml "run_name=$RUN_NAME" "$@" &
 pid=$!
 while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
 rc=0; wait "$pid" || rc=$?

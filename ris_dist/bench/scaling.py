@@ -30,6 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="global batch")
     parser.add_argument("--small-scenes", type=int, default=1_000)
     parser.add_argument("--large-scenes", type=int, default=1_000_000)
+    parser.add_argument("--system", default="", help="train this system with its model preset (e.g. full; "
+                        "default: the phase config's, tiny)")
+    parser.add_argument("--preset", default="", help="model preset (default: the --system's, e.g. full-lite)")
+
+
+def system_overrides(system: str, preset: str) -> list[str]:
+    """Trainer overrides for ``--system``/``--preset``: the system with its own preset unless one is named."""
+    out = [f"system={system}"] if system else []
+    if preset or system:
+        out.append(f"model.preset={preset or system}")
+    return out
 
 
 def _launch(processes: int, overrides: list[str], gpu: bool = False) -> list[dict[str, Any]]:
@@ -57,8 +68,9 @@ def _samples_per_s(records: list[dict[str, Any]], from_step: int, batch: int) ->
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    model = system_overrides(args.system, args.preset)
     common = [f"max_steps={args.steps}", f"data.batch_size={args.batch_size}", "data.train_scenes=100000",
-              "log.every_steps=1"]
+              "log.every_steps=1", *model]
     throughput = {}
     for procs in (1, 2):
         recs = _launch(procs, common)
@@ -70,11 +82,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rss = {}
     for label, scenes in (("small", args.small_scenes), ("large", args.large_scenes)):
         recs = _launch(2, [f"max_steps={args.steps}", f"data.batch_size={args.batch_size}",
-                           f"data.train_scenes={scenes}", "log.every_steps=5"])
+                           f"data.train_scenes={scenes}", "log.every_steps=5", *model])
         rss[label] = {"scenes": scenes, "rank0_peak_rss_mb": recs[-1]["peak_mem_mb"]}
     rss_ratio = rss["large"]["rank0_peak_rss_mb"] / rss["small"]["rank0_peak_rss_mb"]
     return {
         "bench": "scaling",
+        "model_overrides": model,
         "samples_per_s": throughput,
         "speedup_2proc_over_1proc_cpu": throughput["cpu_2proc"] / throughput["cpu_1proc"],
         "cpu_cores": torch.get_num_threads(),

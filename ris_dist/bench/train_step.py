@@ -22,6 +22,7 @@ from ..config import load_system
 from ..losses import compute_loss
 from ..model import build_model, model_config
 from ..physics import simulate
+from .scaling import system_overrides
 
 TARGET_RATIO = 1.05
 
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps-per-block", type=int, default=10)
     parser.add_argument("--blocks", type=int, default=6, help="blocks per side (alternating)")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--system", default="", help="train this system with its model preset (e.g. full)")
+    parser.add_argument("--preset", default="", help="model preset (default: the --system's, e.g. full-lite)")
     parser.add_argument("overrides", nargs="*", help="train config overrides, dotted.key=value")
 
 
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     tmp = tempfile.mkdtemp(prefix="ris_bench_")
     cfg = load_train_config(args.config, [f"output_dir={tmp}", "run_name=bench", "log.progress_bar=false",
-                                          "checkpoint.resume=false", *args.overrides])
+                                          "checkpoint.resume=false",
+                                          *system_overrides(args.system, args.preset), *args.overrides])
     trainer = Trainer(cfg)
     trainer.begin()
     system, device = trainer.system, trainer.accelerator.device

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..config.schema import ConfigError
 from .command import check_configs, check_inputs, make_request, train_command
 from .profile import BACKENDS, load_profile
+from .recipe import DEFAULT_RECIPE, RECIPES
 
 EXIT_BAD_INPUT = 2
 
@@ -49,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requeues", type=int, help="requeues per phase job (preemption or timeout) before it fails")
     p.add_argument("--backend", choices=BACKENDS,
                    help="accelerate config under configs/accelerate/ (single: plain python -m ris_dist.train)")
+    p.add_argument("--recipe", help=f"curriculum: {', '.join(RECIPES)} (default: the profile's recipe, else "
+                                    f"{DEFAULT_RECIPE}); see docs/full_recipe.md")
     p.add_argument("--run-name", help="run folder name: runs/RUN_NAME/phaseN (default: the run_name override, "
                                       "else 'default')")
     p.add_argument("--dry-run", action="store_true",
@@ -83,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(profile_path, {
             "nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task,
             "time_min": args.time_min, "partition": args.partition, "account": args.account, "qos": args.qos,
-            "max_requeues": args.max_requeues, "backend": args.backend})
-        req = make_request(args.phase, args.run_name, args.overrides)
+            "max_requeues": args.max_requeues, "backend": args.backend, "recipe": args.recipe})
+        req = make_request(args.phase, args.run_name, args.overrides, profile.recipe)
         python = profile.python or sys.executable
         if args.dry_run:
             check_configs(root, req)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config.schema import ConfigError, parse_overrides
 from .profile import ClusterProfile, check_overrides, check_run_name
+from .recipe import DEFAULT_RECIPE, check_recipe, recipe_config
 
 MAX_PHASE = 3
 REQUEUE_EXIT = 75
@@ -45,8 +46,8 @@ def parse_phases(spec: str) -> list[int]:
     return list(range(a, b + 1))
 
 
-def phase_config(root: Path, phase: int) -> Path:
-    return root / "configs" / f"phase{phase}.yaml"
+def phase_config(root: Path, phase: int, recipe: str = DEFAULT_RECIPE) -> Path:
+    return root / recipe_config(recipe, phase)
 
 
 def port_for_job(job_id: str | int) -> int:
@@ -63,13 +64,17 @@ class PhaseRequest:
     overrides: list[str]
     """Trainer overrides without run_name (that one is always passed explicitly)."""
     output_dir: str = "runs"
+    recipe: str = DEFAULT_RECIPE
+    """Which curriculum's phase configs run (ris_dist.launch.recipe.RECIPES)."""
 
     def run_dir(self, root: Path, phase: int) -> Path:
         out = Path(self.output_dir)
         return (out if out.is_absolute() else root / out) / self.run_name / f"phase{phase}"
 
 
-def make_request(phase_spec: str, run_name: str | None, overrides: list[str]) -> PhaseRequest:
+def make_request(phase_spec: str, run_name: str | None, overrides: list[str],
+                 recipe: str = DEFAULT_RECIPE) -> PhaseRequest:
+    check_recipe(recipe)
     check_overrides(overrides)
     parsed = parse_overrides(overrides)
     rest = [o for o in overrides if o.split("=", 1)[0].strip() != "run_name"]
@@ -77,7 +82,7 @@ def make_request(phase_spec: str, run_name: str | None, overrides: list[str]) ->
         run_name = str(parsed.get("run_name", "default"))
     check_run_name(run_name)
     output_dir = str(parsed.get("output_dir", "runs"))
-    return PhaseRequest(parse_phases(phase_spec), run_name, rest, output_dir)
+    return PhaseRequest(parse_phases(phase_spec), run_name, rest, output_dir, recipe)
 
 
 def check_configs(root: Path, req: PhaseRequest) -> None:
@@ -85,7 +90,7 @@ def check_configs(root: Path, req: PhaseRequest) -> None:
     from ..train.config import load_train_config
 
     for p in req.phases:
-        path = phase_config(root, p)
+        path = phase_config(root, p, req.recipe)
         if not path.is_file():
             raise ConfigError(f"phase {p}: config {path.relative_to(root)} not found")
         load_train_config(path.relative_to(root), [*req.overrides, f"run_name={req.run_name}"])
@@ -105,7 +110,7 @@ def check_inputs(root: Path, req: PhaseRequest) -> None:
 
 def train_command(phase: int, profile: ClusterProfile, req: PhaseRequest, python: str) -> list[Arg]:
     """argv of the one task per node; NODE_RANK / MAIN_IP / MAIN_PORT are filled in on the node."""
-    train = ["-m", "ris_dist.train", "--config", f"configs/phase{phase}.yaml", f"run_name={req.run_name}",
+    train = ["-m", "ris_dist.train", "--config", recipe_config(req.recipe, phase), f"run_name={req.run_name}",
              *req.overrides]
     if profile.engine == "single":
         return [python, *train]

@@ -51,7 +51,7 @@ def _arg(a: str | Var) -> str:
 
 
 def render_phase_script(phase: int, profile: ClusterProfile, source: str) -> str:
-    req = PhaseRequest([phase], "@RUN_NAME@", [])
+    req = PhaseRequest([phase], "@RUN_NAME@", [], recipe=profile.recipe)
     argv = train_command(phase, profile, req, "@PYTHON@")
     cmd = " ".join('"$PYTHON"' if a == "@PYTHON@" else _arg(a) for a in argv) + ' "$@"'
     lines = [

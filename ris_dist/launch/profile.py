@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config.schema import ConfigError, build, check, read_yaml
+from .recipe import DEFAULT_RECIPE, RECIPES
 
 #: partition / account / qos / job-name style identifiers
 IDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
@@ -76,6 +77,8 @@ class ClusterProfile:
     """Interpreter on the compute nodes ("" = the one running submit.py)."""
     log_dir: str = "runs/_slurm"
     """submitit's folder for job scripts, pickles and logs (%j = job id)."""
+    recipe: str = DEFAULT_RECIPE
+    """Curriculum whose phase configs the jobs run (tiny, full, full-lite; --recipe overrides)."""
 
     def __post_init__(self) -> None:
         for key in ("partition", "account", "qos"):
@@ -107,6 +110,7 @@ class ClusterProfile:
         check_text("log_dir", self.log_dir, meta=True)
         check(bool(self.log_dir) and "'" not in self.log_dir and '"' not in self.log_dir and " " not in self.log_dir,
               "log_dir", self.log_dir, "must be a plain path")
+        check(self.recipe in RECIPES, "recipe", self.recipe, f"unknown recipe (known: {', '.join(RECIPES)})")
 
     @property
     def engine(self) -> str:

@@ -58,11 +58,16 @@ class ModelConfig:
 #   CPU step at batch 128.
 #   full on the full system (N=144, M=16, L=16, K_max=5): ~6.7M backbone + ~9.0M heads ≈ 15.7M,
 #   matching the design's "about 16M" and its 1:4 backbone:head learning-rate split.
+#   full-lite on the full system: ~1.3M parameters, the same architecture at a quarter of the
+#   width and half the depth of full, for the whole full-physics curriculum on a CPU
+#   (docs/full_recipe.md). rank 8 >= K_max = 5 as in full.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(width=96, depth=3, heads=4, rank=4, dropout=0.0, ffn_mult=4,
                  cov_head_hidden=256, cov_head_layers=2, k_head_hidden=64, snapshot_features=True),
     "full": dict(width=256, depth=8, heads=8, rank=8, dropout=0.0, ffn_mult=4,
                  cov_head_hidden=2048, cov_head_layers=3, k_head_hidden=256, snapshot_features=True),
+    "full-lite": dict(width=128, depth=4, heads=4, rank=8, dropout=0.0, ffn_mult=4,
+                      cov_head_hidden=512, cov_head_layers=2, k_head_hidden=128, snapshot_features=True),
 }
 
 

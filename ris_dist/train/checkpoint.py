@@ -132,6 +132,15 @@ def save(accelerator, root: Path, step: int, trainer_state: dict[str, Any], keep
     return final
 
 
+def _read_json(file: Path, missing: str) -> Any:
+    if not file.is_file():
+        raise CheckpointError(f"{file}: {missing}")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{file}: invalid JSON ({err})") from None
+
+
 def load(accelerator, path: Path) -> dict[str, Any]:
     """Restore every registered state from ``path`` and return its trainer state."""
     if not (path / MARKER).is_file():
@@ -162,3 +171,45 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(weights, dict):
         raise CheckpointError(f"{file}: expected a state dict, got {type(weights).__name__}")
     return weights
+
+
+def _system_dims(system) -> str:
+    return f"N={system.num_elements}, M={system.num_bs_antennas}, L={system.num_snapshots}, K_max={system.max_sources}"
+
+
+def check_system(path: Path, system) -> None:
+    """``path``'s meta.json records a system of the same dimensions as ``system``, else a one-line error.
+
+    Read before the weights, so a checkpoint of another system is refused by name rather than
+    by the first tensor whose shape happens to differ. Systems that differ only in their
+    distributions (SNR range, codebook) share every shape, and fine-tuning across them is allowed.
+    """
+    from ..config import load_system
+
+    file = path / "meta.json"
+    meta = _read_json(file, "missing (a best/ folder records the system it was trained on)")
+    if not isinstance(meta, dict) or not isinstance(meta.get("system"), str):
+        raise CheckpointError(f"{file}: key 'system' is missing or not a string")
+    theirs = load_system(meta["system"], **meta.get("system_overrides", {}))
+    if _system_dims(theirs) != _system_dims(system):
+        raise CheckpointError(f"init_from {path}: trained on system {theirs.name!r} ({_system_dims(theirs)}), but "
+                              f"this run is system {system.name!r} ({_system_dims(system)}); start from a "
+                              "checkpoint of the same system")
+
+
+def load_init(model: torch.nn.Module, path: Path, system) -> None:
+    """Initialize ``model`` from a ``best/`` folder of the same system and model shape (one-line errors)."""
+    check_system(path, system)
+    weights = load_weights(path)
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (this model: {tuple(expected[k].shape)})"
+             for k, v in weights.items() if k in expected and v.shape != expected[k].shape]
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if wrong or missing or unexpected:
+        parts = [f"{len(wrong)} shape(s) differ, first {wrong[0]}"] if wrong else []
+        parts += [f"missing {missing[0]} and {len(missing) - 1} more"] if missing else []
+        parts += [f"unexpected {unexpected[0]} and {len(unexpected) - 1} more"] if unexpected else []
+        raise CheckpointError(f"init_from {path}: weights do not fit this model ({'; '.join(parts)}); "
+                              "use the model preset they were trained with")
+    model.load_state_dict(weights)

@@ -88,7 +88,7 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, self.total_steps, cfg.optim)
         init_path = cfg.resolved_init_from()
         if init_path is not None:
-            model.load_state_dict(ckpt.load_weights(init_path))
+            ckpt.load_init(model, init_path, self.system)
             logger.info("initialized from %s", init_path)
         if using_deepspeed():
             ds_cfg = acc.state.deepspeed_plugin.deepspeed_config

@@ -32,7 +32,7 @@ def test_dry_run_all_phases_two_nodes(tmp_path):
     assert out.count("#!/bin/bash") == 4
     for p in range(4):
         assert f"--job-name=ris-default-phase{p}" in out
-        assert f"--config configs/phase{p}.yaml run_name=default max_steps=100" in out
+        assert f"--config configs/full/phase{p}.yaml run_name=default max_steps=100" in out  # the profile's recipe
     for p in range(1, 4):
         assert f"#SBATCH --dependency='afterok:<job id of phase {p - 1}>'" in out
     assert out.count("#SBATCH --nodes=2") == 4 and out.count("#SBATCH --ntasks-per-node=1") == 4
