@@ -1,28 +1,34 @@
-"""inf on rank 1 only: every backend skips the same steps on both ranks and ends with equal weights.
+"""A non-finite gradient on rank 1 only: every backend skips the same steps on both ranks.
 
-Real ``accelerate launch`` with 2 CPU processes over gloo: DDP and DeepSpeed ZeRO-1/2/3.
+Real ``accelerate launch`` with 2 CPU processes over gloo: DDP and DeepSpeed ZeRO-1/2/3. The value
+is injected after the gradients were reduced (DDP: after the all-reduce; DeepSpeed: into rank 1's
+own reduced gradient partition), so only rank 1 holds it and only a shared decision stops rank 0.
 """
+
+import math
 
 import pytest
 
 from trainrun import FAST, train
 
-INJECT = "debug.inject_nonfinite_grad={ranks: [1], steps: [3, 5], value: inf}"
-
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["cpu_ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3"])
-def test_inf_on_one_rank_skips_everywhere(tmp_path, backend):
-    run = train(tmp_path, FAST + ["max_steps=6", INJECT], backend=backend)
+@pytest.mark.parametrize("backend,value", [("cpu_ddp", "inf"), ("deepspeed_zero1", "inf"),
+                                           ("deepspeed_zero2", "nan"), ("deepspeed_zero3", "inf")])
+def test_nonfinite_on_one_rank_skips_everywhere(tmp_path, backend, value):
+    inject = f"debug.inject_nonfinite_grad={{ranks: [1], steps: [3, 5], value: {value}}}"
+    run = train(tmp_path, FAST + ["max_steps=6", inject], backend=backend)
     assert run.returncode == 0, run.log[-4000:]
     skips = run.skips()
     assert sorted(skips) == [0, 1]
-    assert [s for s, _ in skips[0]] == [3, 5] and [s for s, _ in skips[1]] == [3, 5]
+    assert skips[0] == skips[1] == [(3, "nonfinite"), (5, "nonfinite")]
     digests = run.digests()
     assert len(digests) == 2 and digests[0] == digests[1]
     train_log = run.records("train")
     assert [s for s, r in sorted(train_log.items()) if not r["stepped"]] == [3, 5]
+    assert all(not math.isfinite(float(train_log[s]["grad_norm"])) for s in (3, 5))  # JSON: "inf"/"nan"
     assert train_log[6]["real_steps"] == 4  # training went on after the skips
+    assert math.isfinite(run.records("val")[6]["nmse"])  # and the weights stayed finite
 
 
 @pytest.mark.slow

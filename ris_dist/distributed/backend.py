@@ -102,6 +102,7 @@ class TorchBackend:
             if p.grad is not None:
                 p.grad.fill_(value)
                 return
+        raise RuntimeError("debug.inject_nonfinite_grad: this rank has no gradient to corrupt")
 
     def step(self, grad_clip: float) -> None:
         if grad_clip > 0:
@@ -174,7 +175,25 @@ class DeepSpeedBackend:
         return norm, found
 
     def inject_nonfinite(self, value: float) -> None:
-        raise RuntimeError("DeepSpeed fault injection goes through the loss (see Trainer)")
+        """Corrupt this rank's own gradient partition after ``engine.backward``: only this rank holds it.
+
+        ZeRO-1/2 keep the reduced gradients of the partition this rank's optimizer shard updates in
+        ``averaged_gradients`` (what ``engine.step`` flattens, and what ``safe_get_full_grad`` reads
+        through the hp mapping); ZeRO-3 keeps its local gradient partition there too (views of its
+        flat partition buffer). With optimizer offload the partition lives elsewhere, and DeepSpeed's
+        own norm would not read it, so the drill refuses to run instead of corrupting nothing.
+        """
+        opt = self.engine.optimizer
+        if getattr(opt, "cpu_offload", False) or getattr(opt, "offload_optimizer", False):
+            raise RuntimeError("debug.inject_nonfinite_grad: not supported with DeepSpeed optimizer offload")
+        partitions = getattr(opt, "averaged_gradients", {})
+        for group in sorted(partitions):
+            for grad in partitions[group] or ():
+                if grad is not None and grad.numel() and not getattr(grad, "_zero_padding", False):
+                    grad.fill_(value)
+                    return
+        raise RuntimeError(f"debug.inject_nonfinite_grad: rank {self.accelerator.process_index} has no gradient "
+                           f"partition to corrupt (ZeRO stage {self.engine.zero_optimization_stage()})")
 
     def step(self, grad_clip: float) -> None:
         self.engine.step()

@@ -163,7 +163,7 @@ class Trainer:
         return None
 
     def _micro_step(self, local_indices: torch.Tensor, global_count: int, weights: LossWeights, beta: float,
-                    last: bool, inject: float | None) -> dict[str, float]:
+                    last: bool) -> dict[str, float]:
         cfg, acc = self.cfg, self.accelerator
         n_local = int(local_indices.numel())
         # A rank with no scenes in a short global batch still joins DDP's all-reduce, with weight 0.
@@ -181,8 +181,6 @@ class Trainer:
                 # Keeps an unused head in the graph so DDP never waits for its gradients; its
                 # zero gradient leaves Adam's update at exactly 0, as on one process.
                 loss = loss + 0.0 * out.k_logits.float().sum()
-            if inject is not None and isinstance(self.backend, DeepSpeedBackend):
-                loss = loss * inject
             self.backend.backward(loss)
         raw = {k: float(v.detach()) for k, v in result.raw.items()}
         weighted = {f"w_{k}": float(v.detach()) for k, v in result.weighted.items()}
@@ -196,13 +194,12 @@ class Trainer:
         inject = self._inject_value(step)
         sums: dict[str, float] = {}
         for i, (local, global_count) in enumerate(micro_batches):
-            out = self._micro_step(local, global_count, weights, beta, last=i == len(micro_batches) - 1,
-                                   inject=inject)
+            out = self._micro_step(local, global_count, weights, beta, last=i == len(micro_batches) - 1)
             n_local = float(local.numel())
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v * n_local
         losses = self._global_means(sums, sum(count for _, count in micro_batches), step)
-        if inject is not None and isinstance(self.backend, TorchBackend):
+        if inject is not None:  # after DDP's sync / DeepSpeed's reduction: on this rank only
             self.backend.inject_nonfinite(inject)
         grad_norm, found_inf = self.backend.grad_norm_and_found_inf()
         decision = step_gate(grad_norm, found_inf)
