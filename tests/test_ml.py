@@ -13,8 +13,8 @@ from ris_dist.localize.ml import ml_fits, order_criterion
 from ris_dist.localize.ml_likelihood import concentrated_nll, measurements, source_steering
 from ris_dist.physics import simulate
 
-CRB_FACTOR = 4.0
-"""Largest allowed |error| / √CRB per parameter at high SNR (Gaussian errors exceed 4σ with p ≈ 6e-5)."""
+CRB_FACTOR = 5.0
+"""Largest allowed |error| / √CRB per parameter at high SNR (a Gaussian error exceeds 5σ with p ≈ 6e-7)."""
 
 
 def truth(batch) -> torch.Tensor:

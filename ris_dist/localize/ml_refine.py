@@ -1,11 +1,13 @@
-"""Joint local refinement of the ML likelihood: projected Fisher scoring inside the prior box.
+"""Joint local refinement of the ML likelihood: projected Newton / Fisher scoring inside the prior box.
 
-Each iteration takes the gradient of the concentrated negative log-likelihood (powers
-re-estimated at every position, :func:`~ris_dist.localize.ml_likelihood.concentrated_nll`)
-by autograd, and the Fisher information at the current positions and powers from
-:func:`ris_dist.crb.fisher` (the expected Hessian of the same NLL, closed form, the matrix
-the CRB inverts). The step is Levenberg–Marquardt-damped scoring in Jacobi-scaled
-coordinates; the candidates ``x + α·step`` for every α of :data:`STEP_SIZES` are clipped to
+Each iteration takes the gradient and the Hessian of the concentrated negative log-likelihood
+(powers re-estimated at every position, :func:`~ris_dist.localize.ml_likelihood.concentrated_nll`)
+by autograd. Two steps are tried: Newton on that Hessian (where it is positive definite; it
+includes the coupling through the powers) and Fisher scoring on the Fisher information at the
+current positions and powers from :func:`ris_dist.crb.fisher` (the expected Hessian of the same
+NLL with the powers known, the matrix the CRB inverts; robust far from the optimum), both
+Levenberg–Marquardt-damped in Jacobi-scaled coordinates. The candidates ``x + α·step`` for both
+steps and every α of :data:`STEP_SIZES` are clipped to
 the configured (φ, θ, r) box and scored in one batched call, and each scene keeps the best
 one if it lowers its NLL. So the NLL never rises, no estimate leaves the box, and nothing
 waits on the host inside the loop.
@@ -64,6 +66,26 @@ def scoring_step(F: torch.Tensor, gradient: torch.Tensor, active: torch.Tensor, 
     return torch.where(live & torch.isfinite(step), step, torch.zeros_like(step))
 
 
+def _derivatives(system: SystemConfig, meas: Measurements, x: torch.Tensor, active: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gradient ``[B, 3S]``, Hessian ``[B, 3S, 3S]``, NLL ``[B]``, powers ``[B, S]``) of the
+    concentrated NLL at ``x [B, S, 3]``. Scenes are independent, so the gradient of the summed NLL
+    is every scene's gradient, and one Hessian-vector product per parameter index (the same unit
+    direction in every scene) gives every scene's Hessian column: 3S double-backward passes."""
+    B, S, _ = x.shape
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        nll, powers = concentrated_nll(system, meas, xg, active)
+        (gradient,) = torch.autograd.grad(nll.sum(), xg, create_graph=True)
+        flat = gradient.reshape(B, 3 * S)
+        columns = []
+        for j in range(3 * S):
+            (column,) = torch.autograd.grad(flat[:, j].sum(), xg, retain_graph=j < 3 * S - 1)
+            columns.append(column.reshape(B, 3 * S))
+    hessian = torch.stack(columns, -1)
+    return flat.detach(), 0.5 * (hessian + hessian.mT), nll.detach(), powers.detach()
+
+
 def refine(system: SystemConfig, meas: Measurements, positions: torch.Tensor, active: torch.Tensor,
            iterations: int, damping: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Refine positions ``[B, S, 3]`` (φ deg, θ deg, r m) of the ``active [B, S]`` slots jointly.
@@ -73,17 +95,21 @@ def refine(system: SystemConfig, meas: Measurements, positions: torch.Tensor, ac
     x = clamp_to_prior_box(system, positions.detach())
     B, S, _ = x.shape
     alphas = torch.tensor(STEP_SIZES, dtype=torch.float64, device=x.device)
-    tries = len(STEP_SIZES)
+    tries = 2 * len(STEP_SIZES)
     meas_tries = meas.repeat(tries)
     active_tries = active.repeat_interleave(tries, dim=0)
     for _ in range(iterations):
-        with torch.enable_grad():
-            xg = x.clone().requires_grad_(True)
-            nll, powers = concentrated_nll(system, meas, xg, active)
-            (gradient,) = torch.autograd.grad(nll.sum(), xg)
-        F = fisher(_FisherInputs(meas, x, active, powers.detach()), system)
-        step = scoring_step(F, gradient.reshape(B, 3 * S), active, damping).reshape(B, S, 3)
-        candidates = clamp_to_prior_box(system, x[:, None] + alphas[None, :, None, None] * step[:, None])
+        gradient, hessian, nll, powers = _derivatives(system, meas, x, active)
+        F = fisher(_FisherInputs(meas, x, active, powers), system)
+        # Two directions, both line-searched: Newton on the observed Hessian (it includes the powers'
+        # coupling that the known-power Fisher matrix leaves out; where it is not positive definite
+        # the Fisher matrix stands in) and Fisher scoring (robust far from the optimum).
+        _, info = torch.linalg.cholesky_ex(hessian)
+        newton_ok = (info == 0)[:, None, None] & torch.isfinite(hessian).all(-1, keepdim=True).all(-2, keepdim=True)
+        steps = torch.stack([scoring_step(torch.where(newton_ok, hessian, F), gradient, active, damping),
+                             scoring_step(F, gradient, active, damping)], 1).reshape(B, 2, 1, S, 3)
+        candidates = clamp_to_prior_box(system, x[:, None, None] + alphas[None, None, :, None, None] * steps)
+        candidates = candidates.reshape(B, tries, S, 3)
         with torch.no_grad():
             values, _ = concentrated_nll(system, meas_tries, candidates.reshape(B * tries, S, 3), active_tries)
         values = values.reshape(B, tries)
