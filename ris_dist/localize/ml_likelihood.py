@@ -117,8 +117,9 @@ def measurements(system: SystemConfig, y: torch.Tensor, H: torch.Tensor, codes: 
         raise ValueError(f"y: all-zero snapshots in scene {_first_bad((mean_power <= 0)[:, None])} of the batch")
     snr = 10.0 ** (snr_db / 10.0)
     noise_var = torch.maximum(mean_power / (1.0 + snr), SIGMA2_FLOOR_REL * mean_power)
+    # L·M·(mean|y|² − σ²) = SNR·L·M·σ², and stays the received energy where σ² sits on its floor.
     return Measurements(y=y64, H=H64, codes=c64, noise_var=noise_var,
-                        signal_energy=snr * L * M * noise_var, y_norm2=y_norm2)
+                        signal_energy=L * M * (mean_power - noise_var), y_norm2=y_norm2)
 
 
 def source_steering(system: SystemConfig, positions: torch.Tensor) -> torch.Tensor:

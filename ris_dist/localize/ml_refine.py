@@ -39,11 +39,19 @@ def clamp_to_prior_box(system: SystemConfig, positions: torch.Tensor) -> torch.T
     return torch.maximum(torch.minimum(positions.to(torch.float64), hi), lo)
 
 
+#: Floor of the σ² given to the Fisher matrix, relative to the received signal power per entry:
+#: near noise-free data (σ² on its 1e-10 floor) make C_l too ill-conditioned for its Cholesky.
+#: The Fisher matrix only scales the step, so the floor costs no accuracy.
+FISHER_NOISE_FLOOR_REL = 1e-6
+
+
 class _FisherInputs:
     """The fields :func:`ris_dist.crb.fisher` reads, at estimated positions, powers and σ²."""
 
     def __init__(self, meas: Measurements, positions: torch.Tensor, active: torch.Tensor, powers: torch.Tensor):
-        self.H, self.codes, self.noise_var = meas.H, meas.codes, meas.noise_var
+        L, M = meas.y.shape[-2:]
+        self.H, self.codes = meas.H, meas.codes
+        self.noise_var = torch.maximum(meas.noise_var, FISHER_NOISE_FLOOR_REL * meas.signal_energy / (L * M))
         self.valid = active
         self.azimuth_deg, self.elevation_deg, self.range_m = positions.unbind(-1)
         self.powers = powers
