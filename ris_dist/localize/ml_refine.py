@@ -41,7 +41,7 @@ def clamp_to_prior_box(system: SystemConfig, positions: torch.Tensor) -> torch.T
 
 #: Floor of the σ² given to the Fisher matrix, relative to the received signal power per entry:
 #: near noise-free data (σ² on its 1e-10 floor) make C_l too ill-conditioned for its Cholesky.
-#: The Fisher matrix only scales the step, so the floor costs no accuracy.
+#: The Fisher matrix only scales the step (rescaled by the floor's ratio), so the floor costs no accuracy.
 FISHER_NOISE_FLOOR_REL = 1e-6
 
 
@@ -108,7 +108,10 @@ def refine(system: SystemConfig, meas: Measurements, positions: torch.Tensor, ac
     active_tries = active.repeat_interleave(tries, dim=0)
     for _ in range(iterations):
         gradient, hessian, nll, powers = _derivatives(system, meas, x, active)
-        F = fisher(_FisherInputs(meas, x, active, powers), system)
+        inputs = _FisherInputs(meas, x, active, powers)
+        # Where σ² was floored for the Fisher matrix, the curvature of the high-SNR likelihood scales
+        # as 1/σ²: rescaling keeps the scoring step the right length.
+        F = fisher(inputs, system) * (inputs.noise_var / meas.noise_var)[:, None, None]
         # Two directions, both line-searched: Newton on the observed Hessian (it includes the powers'
         # coupling that the known-power Fisher matrix leaves out; where it is not positive definite
         # the Fisher matrix stands in) and Fisher scoring (robust far from the optimum).
