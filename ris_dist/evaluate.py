@@ -1,13 +1,16 @@
 """Evaluate localization methods on a frozen test set against each other and the CRB.
 
-    python -m ris_dist.evaluate --test-set DIR [--checkpoint RUN/phaseN/best] [--method b1|b2|model ...]
+    python -m ris_dist.evaluate --test-set DIR [--checkpoint RUN/phaseN/best] [--method b1|b2|b4|model ...]
         [--system tiny] [--out DIR]
 
 Methods (system_model.md, "Baselines"): ``b1`` = MUSIC on R_samp with K̂ from MDL; ``b2`` =
-oracle MUSIC on R_true with the true K. With ``--checkpoint`` the learned model joins them
+oracle MUSIC on R_true with the true K; on request (``--method b4``), ``b4`` = stochastic ML on
+the per-snapshot model with K̂ from its order rule and ``b4_oracle_k`` with the true K
+(:mod:`ris_dist.localize.ml`). With ``--checkpoint`` the learned model joins them
 through :class:`ris_dist.inference.Localizer`: ``model`` with its own K̂ (the checkpoint's
 K̂ rule), ``model_map_k`` with the K head's argmax (listed by default only when the checkpoint's
-rule is another one) and ``model_oracle_k`` with the true K. Other methods plug in through :data:`METHODS`, a registry
+rule is another one) and ``model_oracle_k`` with the true K; on request, ``model+ml`` refines
+``model``'s estimates on the ML likelihood (its K̂ kept). Other methods plug in through :data:`METHODS`, a registry
 of name → ``fn(batch, system) -> Estimates``. B3, the CRB, is computed once per scene and
 reported next to every RMSE.
 
@@ -24,8 +27,10 @@ The B3 curve in the plots and the ``crb`` section use all valid true sources of 
 The ``crb`` section also gives ``success_at_crb`` per bin: the success rate an efficient
 estimator would reach with the true K (:func:`ris_dist.crb.success_at_crb`), drawn as the
 B3 line of ``success_vs_snr.png``.
-With ``b1`` among the methods, ``paired`` compares every other method but B2 with it scene by
-scene (both / only one succeeds, exact McNemar p), overall and per SNR bin.
+Every method's wall time is reported in total (``seconds``) and per scene (``seconds_per_scene``);
+``b4`` and ``b4_oracle_k`` share B4's search on a batch, so the first of them listed carries its time.
+With ``b1`` or ``b4`` among the methods, ``paired[reference]`` compares every other method but
+B2 with it scene by scene (both / only one succeeds, exact McNemar p), overall and per SNR bin.
 """
 
 from __future__ import annotations
@@ -75,12 +80,58 @@ def music_b2(batch: SceneBatch, system: SystemConfig) -> Estimates:
                     order_method="mdl")
 
 
+def b4_methods(config: Any = None) -> dict[str, MethodFn]:
+    """``b4`` (K̂ from the ML order rule) and ``b4_oracle_k`` (the true K) with one
+    :class:`ris_dist.localize.MLConfig` (default: its defaults).
+
+    The two share B4's fits of the last batch: the oracle picks among the same k-source fits that
+    the order rule chooses from. Whichever runs first on a batch pays for the search (its time
+    per scene is B4's cost); the other reuses it.
+    """
+    shared: dict[str, Any] = {"batch": None, "fits": []}
+
+    def fits_for(batch: SceneBatch, system: SystemConfig, max_sources: int) -> list[Any]:
+        from .localize.ml import ml_fit_batch  # imported late, as in music_b1
+
+        if batch is not shared["batch"] or len(shared["fits"]) < max_sources:
+            shared["batch"] = None  # a failed fit must not leave the previous batch's fits behind
+            shared["fits"] = ml_fit_batch(batch.y, batch.H, batch.codes, batch.snr_db, system, max_sources, config)
+            shared["batch"] = batch
+        return shared["fits"]
+
+    def own_k(batch: SceneBatch, system: SystemConfig) -> Estimates:
+        from .localize import ml_localize
+
+        fits = fits_for(batch, system, system.max_sources)
+        return ml_localize(batch.y, batch.H, batch.codes, batch.snr_db, system, config=config, fits=fits)
+
+    def oracle_k(batch: SceneBatch, system: SystemConfig) -> Estimates:
+        from .localize import ml_localize
+
+        fits = fits_for(batch, system, int(batch.num_sources.max()))
+        return ml_localize(batch.y, batch.H, batch.codes, batch.snr_db, system, num_sources=batch.num_sources,
+                           config=config, fits=fits)
+
+    return {"b4": own_k, "b4_oracle_k": oracle_k}
+
+
 METHODS: dict[str, MethodFn] = {"b1": music_b1, "b2": music_b2}
-"""Registry of evaluation methods that need nothing but the batch (name → fn(batch, system))."""
+"""Registry of evaluation methods that need nothing but the batch (name → fn(batch, system)),
+run by default."""
+
+ON_REQUEST: dict[str, MethodFn] = b4_methods()
+"""Methods that need nothing but the batch and run only when named (B4 costs ~10²× B1's time)."""
 
 MODEL_METHODS = ("model", "model_map_k", "model_oracle_k")
 """The learned model with its own K̂, with the K head's argmax and with the true K; they need
 ``--checkpoint``."""
+
+MODEL_ON_REQUEST = ("model+ml",)
+"""The learned pipeline refined on the ML likelihood (its own K̂); needs ``--checkpoint`` and is
+run only when named."""
+
+ML_REFINE_ITERATIONS = 4
+"""Likelihood refinement iterations of ``model+ml``."""
 
 
 def model_methods(localizer: Any) -> dict[str, MethodFn]:
@@ -95,24 +146,32 @@ def model_methods(localizer: Any) -> dict[str, MethodFn]:
     def oracle_k(batch: SceneBatch, system: SystemConfig) -> Estimates:
         return localizer(batch.y, batch.H, batch.codes, batch.snr_db, num_sources=batch.num_sources)
 
-    return {"model": own_k, "model_map_k": map_k, "model_oracle_k": oracle_k}
+    def refined(batch: SceneBatch, system: SystemConfig) -> Estimates:
+        return localizer(batch.y, batch.H, batch.codes, batch.snr_db, refine="ml",
+                         refine_iterations=ML_REFINE_ITERATIONS)
+
+    return {"model": own_k, "model_map_k": map_k, "model_oracle_k": oracle_k, "model+ml": refined}
 
 
-def parse_methods(specs: Sequence[str] | None, extra: Sequence[str] = ()) -> list[str]:
-    """``["b1", "b2,b1"]`` → ``["b1", "b2"]`` (order kept, duplicates dropped); default all known.
+def parse_methods(specs: Sequence[str] | None, extra: Sequence[str] = (),
+                  extra_on_request: Sequence[str] = ()) -> list[str]:
+    """``["b1", "b2,b1"]`` → ``["b1", "b2"]`` (order kept, duplicates dropped); default the
+    :data:`METHODS` registry plus ``extra``.
 
-    Known names are the :data:`METHODS` registry plus ``extra`` (e.g. :data:`MODEL_METHODS`
-    when a checkpoint is given); a model method without a checkpoint is a user error.
+    ``extra`` (e.g. :data:`MODEL_METHODS` when a checkpoint is given) joins the default;
+    :data:`ON_REQUEST` and ``extra_on_request`` (e.g. :data:`MODEL_ON_REQUEST`) are known but run
+    only when named. A model method without a checkpoint is a user error.
     """
-    known = [*METHODS, *extra]
+    default = [*METHODS, *extra]
     if not specs:
-        return known
+        return default
+    known = [*default, *ON_REQUEST, *extra_on_request]
     names: list[str] = []
     for spec in specs:
         for name in (part.strip().lower() for part in spec.split(",")):
             if not name:
                 continue
-            if name in MODEL_METHODS and name not in known:
+            if name in (*MODEL_METHODS, *MODEL_ON_REQUEST) and name not in known:
                 raise EvaluateError(f"method {name!r} needs --checkpoint RUN/phaseN/best")
             if name not in known:
                 raise EvaluateError(f"unknown method {name!r} (known: {', '.join(known)})")
@@ -126,7 +185,7 @@ def parse_methods(specs: Sequence[str] | None, extra: Sequence[str] = ()) -> lis
 def _resolve(methods: Sequence[str] | Mapping[str, MethodFn]) -> dict[str, MethodFn]:
     if isinstance(methods, Mapping):
         return dict(methods)
-    return {name: METHODS[name] for name in parse_methods(list(methods))}
+    return {name: {**METHODS, **ON_REQUEST}[name] for name in parse_methods(list(methods))}
 
 
 def _rms(x: np.ndarray) -> float:
@@ -184,8 +243,9 @@ def _crb_tables(std: np.ndarray, snr: np.ndarray, rng_m: np.ndarray, scene_p: np
     return out
 
 
-PAIRED_REFERENCE = "b1"
-"""The method every other one (but B2, the oracle) is compared with scene by scene."""
+PAIRED_REFERENCES = ("b1", "b4")
+"""The methods every other one (but B2, the oracle) is compared with scene by scene, each when
+it is among the evaluated methods."""
 
 
 def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -200,15 +260,17 @@ def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 
 def _paired_tables(per_method: Mapping[str, PerScene], snr_edges: np.ndarray) -> dict[str, Any]:
-    """Success of each method vs :data:`PAIRED_REFERENCE` on the same scenes, overall and per
-    SNR bin: the differences of a small test set are often a few scenes, and the p-value says
-    whether they are more than chance."""
-    if PAIRED_REFERENCE not in per_method:
-        return {}
-    ref = per_method[PAIRED_REFERENCE]
+    """``{reference: {method: ...}}``: success of each method vs each of :data:`PAIRED_REFERENCES`
+    that was evaluated, on the same scenes, overall and per SNR bin: the differences of a small
+    test set are often a few scenes, and the p-value says whether they are more than chance."""
+    return {ref: _paired_with(per_method, ref, snr_edges) for ref in PAIRED_REFERENCES if ref in per_method}
+
+
+def _paired_with(per_method: Mapping[str, PerScene], reference: str, snr_edges: np.ndarray) -> dict[str, Any]:
+    ref = per_method[reference]
     out: dict[str, Any] = {}
     for name, ps in per_method.items():
-        if name in (PAIRED_REFERENCE, "b2"):
+        if name in (reference, "b2"):
             continue
         b = bin_index(ps.snr_db, snr_edges)
         out[name] = {"overall": _paired(ps.success, ref.success),
@@ -271,6 +333,7 @@ def evaluate_methods(batches: Iterable[SceneBatch], system: SystemConfig,
         pc = np.concatenate(pair_crb[name])
         results["methods"][name] = {
             "seconds": seconds[name],
+            "seconds_per_scene": seconds[name] / num_scenes,
             "overall": _with_crb(aggregate(ps, system), pc),
             "by_snr": _tables(ps, pc, system, "snr_db", snr_e),
             "by_range": _tables(ps, pc, system, "range_m", rng_e),
@@ -328,7 +391,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         return "| " + " | ".join(cells) + " |"
 
     for name, res in results["methods"].items():
-        lines += [f"## Method `{name}` ({res['seconds']:.1f} s)", ""]
+        lines += [f"## Method `{name}` ({res['seconds']:.1f} s, {res['seconds_per_scene']:.3g} s per scene)", ""]
         # Range rows bin matched pairs by true range (errors) and scenes by mean true range (counts).
         for table, label in (("by_snr", "SNR (dB)"), ("by_range", "range (m)")):
             lines += ["| " + " | ".join([label, *head]) + " |", "|" + "---|" * (len(head) + 1)]
@@ -346,12 +409,12 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += [f"| [{m['lo']:g}, {m['hi']:g}) | {m['num_scenes']} | {_fmt(m['success_at_crb'])} |"
                   for m in results["crb"][table]]
         lines += [f"| **all** | {c['num_scenes']} | {_fmt(c['success_at_crb'])} |", ""]
-    if results["paired"]:
-        lines += [f"## Paired success vs `{PAIRED_REFERENCE}`", "",
+    for reference, paired in results["paired"].items():
+        lines += [f"## Paired success vs `{reference}`", "",
                   "Scenes where only the method succeeds, only the reference does, or both; p is the exact "
                   "two-sided McNemar test on the discordant scenes (small p: the difference is not chance).", "",
                   "| method | SNR (dB) | scenes | both | only method | only reference | p |", "|---|---|---|---|---|---|---|"]
-        for name, res in results["paired"].items():
+        for name, res in paired.items():
             for label, m in [*((f"[{m['lo']:g}, {m['hi']:g})", m) for m in res["by_snr"]), ("**all**", res["overall"])]:
                 lines.append(f"| {name} | {label} | {m['num_scenes']} | {m['both']} | {m['only_method']} | "
                              f"{m['only_reference']} | {_fmt(m['p_value'], 2)} |")
@@ -415,15 +478,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="system config name or YAML; must match the test set's (default: the test set's)")
     p.add_argument("--test-set", required=True, help="frozen split folder (python -m ris_dist.data generate)")
     p.add_argument("--checkpoint", default=None,
-                   help="a run's best/ folder (RUN/phaseN/best); adds the methods " + ", ".join(MODEL_METHODS))
+                   help="a run's best/ folder (RUN/phaseN/best); adds the methods " + ", ".join(MODEL_METHODS)
+                        + " (and, when named, " + ", ".join(MODEL_ON_REQUEST) + ")")
+    known = [*METHODS, *ON_REQUEST, *MODEL_METHODS, *MODEL_ON_REQUEST]
     p.add_argument("--method", action="append", default=None,
-                   help=f"method(s), repeatable or comma-separated (known: {', '.join([*METHODS, *MODEL_METHODS])}; "
-                        "default all available)")
+                   help=f"method(s), repeatable or comma-separated (known: {', '.join(known)}; default all "
+                        f"available but {', '.join([*ON_REQUEST, *MODEL_ON_REQUEST])})")
     p.add_argument("--out", default=None, help="output folder (default reports/<system>-<timestamp>)")
     p.add_argument("--beta", type=float, default=None,
                    help="β of the R_eff that MUSIC searches for the model methods (default: the checkpoint's, "
                         "i.e. the β its run validated with); for sweeps on a dev split, not on the test set")
     p.add_argument("--batch-size", type=int, default=256, help="scenes per batch")
+    p.add_argument("--ml-grid-spacing", type=float, default=None,
+                   help="B4's search grid step in resolution cells (default: MLConfig's, 0.3)")
+    p.add_argument("--ml-ap-cycles", type=int, default=None,
+                   help="B4's alternating-projection rounds per source count (default: MLConfig's, 1)")
     p.add_argument("--device", default=None, help="torch device for the methods and the CRB (default cpu)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
@@ -432,7 +501,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> list[Path]:
     from .data import load_split
 
-    methods = parse_methods(args.method, extra=MODEL_METHODS if args.checkpoint else ())
+    methods = parse_methods(args.method, extra=MODEL_METHODS if args.checkpoint else (),
+                            extra_on_request=MODEL_ON_REQUEST if args.checkpoint else ())
     if args.batch_size < 1:
         raise EvaluateError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.beta is not None and not (args.checkpoint and 0.0 <= args.beta <= 1.0):
@@ -440,7 +510,17 @@ def _run(args: argparse.Namespace) -> list[Path]:
     test_dir = Path(args.test_set)
     if not test_dir.is_dir():
         raise EvaluateError(f"--test-set {test_dir}: no such directory")
-    fns: dict[str, MethodFn] = {name: METHODS[name] for name in methods if name in METHODS}
+    batch_methods = {**METHODS, **ON_REQUEST}
+    if args.ml_grid_spacing is not None or args.ml_ap_cycles is not None:
+        from .localize.ml import MLConfig
+
+        knobs = {"grid_spacing_cells": args.ml_grid_spacing, "ap_cycles": args.ml_ap_cycles}
+        try:
+            config = MLConfig(**{k: v for k, v in knobs.items() if v is not None})
+        except ValueError as err:
+            raise EvaluateError(f"--ml-*: {err}") from None
+        batch_methods.update(b4_methods(config))
+    fns: dict[str, MethodFn] = {name: batch_methods[name] for name in methods if name in batch_methods}
     split = load_split(test_dir)
     system = split.system
     if args.checkpoint:

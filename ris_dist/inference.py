@@ -4,6 +4,7 @@
     loc = Localizer.from_checkpoint("runs/<run>/phase2/best")
     est = loc(y, H, codes, snr_db)              # K̂ from the model's K head (or MDL, see k_source)
     est = loc(y, H, codes, snr_db, num_sources=k)  # oracle K
+    est = loc(y, H, codes, snr_db, refine="ml")   # MUSIC peaks refined on the ML likelihood
 
 The K head's probabilities become K̂ by the rule the run validated with (``k_decision`` in
 meta.json: ``map`` = argmax, or ``success`` = the expected-success rule with the table
@@ -13,6 +14,10 @@ The path from measurements to MUSIC is the same as in training and validation:
 R_samp from :func:`ris_dist.physics.sample_covariance`, R_pred from the model, and R_eff from
 :func:`ris_dist.covariance.effective_covariance` (the one builder of what MUSIC sees), with
 the β the run ended with. Nothing here mixes covariances on its own.
+
+``refine="ml"`` (constructor default or per call) takes MUSIC's peaks on R_eff, with the K̂ above,
+as starting points of a few Fisher-scoring iterations on the stochastic ML likelihood of the
+same measurements (:func:`ris_dist.localize.ml_refine`, system_model.md "Refinement").
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import torch
 from .config import ConfigError, SystemConfig, load_system
 from .config.schema import build
 from .covariance import effective_covariance
-from .localize import K_DECISIONS, Estimates, KDecision, SuccessTable, choose_num_sources, localize
+from .localize import K_DECISIONS, Estimates, KDecision, SuccessTable, choose_num_sources, localize, ml_refine
+from .localize.ml_likelihood import check_shapes
 from .model import CovarianceNet, ModelConfig, build_model
 from .physics import sample_covariance
 from .train.checkpoint import BEST_WEIGHTS, CheckpointError, load_weights
@@ -36,6 +42,8 @@ from .train.checkpoint import BEST_WEIGHTS, CheckpointError, load_weights
 log = logging.getLogger(__name__)
 
 KSource = Literal["head", "mdl"]
+Refine = Literal["ml"] | None
+REFINE_CHOICES = (None, "ml")
 META_FILE = "meta.json"
 
 __all__ = ["CheckpointError", "KSource", "Localizer"]
@@ -96,7 +104,8 @@ class Localizer:
     def __init__(self, system: SystemConfig, model: CovarianceNet, beta: float = 0.0, k_source: KSource = "head",
                  diag_loading: float = 0.0, device: torch.device | str | None = None,
                  meta: dict[str, Any] | None = None, k_decision: KDecision = "map",
-                 success_table: SuccessTable | None = None) -> None:
+                 success_table: SuccessTable | None = None, refine: Refine = None,
+                 refine_iterations: int = 4) -> None:
         if k_source not in ("head", "mdl"):
             raise ValueError(f"k_source must be 'head' or 'mdl', got {k_source!r}")
         if k_decision not in K_DECISIONS or (k_decision == "success" and success_table is None):
@@ -106,6 +115,7 @@ class Localizer:
                              f"the system K = 1..{system.max_sources}")
         if not (math.isfinite(beta) and 0.0 <= beta <= 1.0):
             raise ValueError(f"beta must satisfy 0 <= beta <= 1, got {beta!r}")
+        _check_refine(refine, refine_iterations)
         self.system = system
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         # eval() for good: dropout (if any) must not randomize inference.
@@ -116,6 +126,8 @@ class Localizer:
         self.k_decision: KDecision = k_decision
         self.success_table = success_table
         self.meta = dict(meta or {})
+        self.refine: Refine = refine
+        self.refine_iterations = int(refine_iterations)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str | None = None,
@@ -169,22 +181,10 @@ class Localizer:
 
     def _check_inputs(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                       snr_db: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        s = self.system
-        L, M, N = s.num_snapshots, s.num_bs_antennas, s.num_elements
-        if y.ndim != 3 or tuple(y.shape[1:]) != (L, M):
-            raise ValueError(f"y: expected [B, L={L}, M={M}], got {tuple(y.shape)}")
-        B = y.shape[0]
-        for name, t, shape in (("H", H, (B, M, N)), ("codes", codes, (B, L, N))):
-            if tuple(t.shape) != shape:
-                raise ValueError(f"{name}: expected {list(shape)}, got {tuple(t.shape)}")
-        snr_db = torch.as_tensor(snr_db, dtype=torch.float32)
-        if snr_db.ndim == 0:
-            snr_db = snr_db.expand(B)
-        if tuple(snr_db.shape) != (B,):
-            raise ValueError(f"snr_db: expected [B={B}] or a scalar, got {tuple(snr_db.shape)}")
+        snr_db = check_shapes(self.system, y, H, codes, snr_db)
         dev = self.device
         return (y.to(dev, torch.complex64), H.to(dev, torch.complex64), codes.to(dev, torch.complex64),
-                snr_db.to(dev))
+                snr_db.to(dev, torch.float32))
 
     @torch.no_grad()
     def _forward(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
@@ -215,13 +215,19 @@ class Localizer:
         return self._choose(logits, snr_db, k_decision).to(y.device)
 
     def __call__(self, y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, snr_db: torch.Tensor,
-                 num_sources: torch.Tensor | None = None, k_decision: KDecision | None = None) -> Estimates:
+                 num_sources: torch.Tensor | None = None, k_decision: KDecision | None = None,
+                 refine: Refine | str = "default", refine_iterations: int | None = None) -> Estimates:
         """Localize the sources of a batch of scenes.
 
         ``num_sources`` ``[B]`` (oracle K) overrides the source count; otherwise K̂ comes
         from the K head (``k_source="head"``, by ``k_decision``, default the checkpoint's rule)
-        or from MDL on R_eff's eigenvalues (``"mdl"``).
+        or from MDL on R_eff's eigenvalues (``"mdl"``). ``refine`` ("ml" or None; default the
+        constructor's) refines the MUSIC peaks by ``refine_iterations`` steps on the ML likelihood,
+        keeping K̂; the refined estimates stay inside the configured (φ, θ, r) box.
         """
+        refine = self.refine if refine == "default" else refine
+        iterations = self.refine_iterations if refine_iterations is None else refine_iterations
+        _check_refine(refine, iterations)
         R_eff, logits = self._forward(y, H, codes, snr_db)
         if num_sources is not None:
             k = torch.as_tensor(num_sources).to(self.device)
@@ -230,8 +236,18 @@ class Localizer:
         else:
             k = None  # localize estimates K̂ with MDL
         est = localize(R_eff, self.system, num_sources=k, method="coarse_to_fine", order_method="mdl")
+        if refine == "ml":
+            y_, H_, codes_, snr_ = self._check_inputs(y, H, codes, snr_db)
+            est = ml_refine(est, y_, H_, codes_, snr_, self.system, iterations=iterations)
         return est.to(y.device)
 
     def __repr__(self) -> str:
         return (f"Localizer(system={self.system.name!r}, beta={self.beta:g}, k_source={self.k_source!r}, "
-                f"k_decision={self.k_decision!r}, device={str(self.device)!r})")
+                f"k_decision={self.k_decision!r}, refine={self.refine!r}, device={str(self.device)!r})")
+
+
+def _check_refine(refine: Any, iterations: Any) -> None:
+    if refine not in REFINE_CHOICES:
+        raise ValueError(f"refine must be 'ml' or None, got {refine!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"refine_iterations must be an integer >= 0, got {iterations!r}")

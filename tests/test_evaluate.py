@@ -66,14 +66,14 @@ def test_paired_comparison_with_b1(system, batches, tmp_path):
 
     res = evaluate_methods(batches, system, {"b1": METHODS["b1"], "b2": METHODS["b2"], "truth": truth_method},
                            tmp_path / "rep")
-    assert set(res["paired"]) == {"truth"}  # B2 is an oracle: not paired
+    assert set(res["paired"]) == {"b1"} and set(res["paired"]["b1"]) == {"truth"}  # B2 is an oracle: not paired
     b1_hits = round(res["methods"]["b1"]["overall"]["success"] * 64)
     assert 0 < b1_hits < 64, "the fixture should have B1 successes and failures"
-    t = res["paired"]["truth"]["overall"]
+    t = res["paired"]["b1"]["truth"]["overall"]
     # truth succeeds everywhere: every B1 success is shared, every B1 failure is truth's alone
     assert (t["num_scenes"], t["both"], t["only_method"], t["only_reference"]) == (64, b1_hits, 64 - b1_hits, 0)
     assert t["p_value"] == pytest.approx(binomtest(64 - b1_hits, 64 - b1_hits).pvalue)
-    bins = res["paired"]["truth"]["by_snr"]
+    bins = res["paired"]["b1"]["truth"]["by_snr"]
     assert sum(m["only_method"] for m in bins) == t["only_method"] and sum(m["num_scenes"] for m in bins) == 64
     assert "## Paired success vs `b1`" in (tmp_path / "rep" / "report.md").read_text()
     assert evaluate_methods(batches, system, {"truth": truth_method}, None)["paired"] == {}
