@@ -38,8 +38,15 @@ def make_accelerator(timeout_s: float = 1800.0, grad_accum_steps: int = 1) -> Ac
     """
     cuda = torch.cuda.is_available()
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    timeout = datetime.timedelta(seconds=timeout_s)
-    handlers = [InitProcessGroupKwargs(backend="nccl" if cuda else "gloo", timeout=timeout)] if multi_process else []
+    backend, timeout = ("nccl" if cuda else "gloo"), datetime.timedelta(seconds=timeout_s)
+    if multi_process and not dist.is_initialized():
+        # Accelerate drops a timeout equal to its class default (600 s) from what it passes on,
+        # and then gloo and DeepSpeed use their own 30 min; a group created here keeps timeout_s,
+        # and Accelerate and DeepSpeed both use an existing group.
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend, timeout=timeout)
+    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timeout)] if multi_process else []
     if using_deepspeed():
         return Accelerator(kwargs_handlers=handlers, step_scheduler_with_optimizer=False,
                            gradient_accumulation_steps=grad_accum_steps)
