@@ -26,7 +26,7 @@ def using_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def make_accelerator(timeout_s: float = 1800.0, grad_accum_steps: int = 1) -> Accelerator:
+def make_accelerator(timeout_s: float = 600.0, grad_accum_steps: int = 1) -> Accelerator:
     """An Accelerator that shards across processes on CPU (gloo) as well as on GPUs (NCCL).
 
     On CPU, Accelerate needs an explicit gloo process group (with DeepSpeed) and
