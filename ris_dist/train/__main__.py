@@ -1,7 +1,8 @@
 """``accelerate launch -m ris_dist.train --config configs/phase0.yaml [dotted.key=value ...]``.
 
 Also runs as plain ``python -m ris_dist.train ...`` on one process. Exit codes:
-0 done (gate passed or not enforced), 2 bad input (config, checkpoint), 3 gate failed,
+0 done (gate passed or not enforced), 1 an error on this rank (its traceback, then one
+``error: rank R: ...`` line), 2 bad input (config, checkpoint), 3 gate failed,
 75 preempted (checkpoint saved; requeue). ``--help``, ``--list-keys`` and ``--print-config``
 never import torch: they read only the config dataclasses.
 """
@@ -19,6 +20,7 @@ from ..config.system import SystemConfig
 from .config import TrainConfig, load_train_config
 from .trackers import require_tracker_packages
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -44,15 +46,34 @@ def _shutdown(code: int) -> None:
 
     Multi-process CPU runs sometimes abort in static destructors after a clean run; tearing
     the process group down and leaving with os._exit makes the exit code the run's own.
+    Bad input can be one rank's alone, so that exit skips the barrier the others would
+    never join.
     """
     dist = sys.modules.get("torch.distributed")  # a --help or --print-config run never imported torch
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    if code != EXIT_BAD_INPUT and dist is not None and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    _leave(code)
+
+
+def _leave(code: int) -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _fail(err: BaseException) -> None:
+    """An error on one rank: say what it was and leave at once, with no collective.
+
+    The other ranks are (or will be) waiting in a collective this rank never joins; the
+    launcher sees this exit and stops them, and ``dist.timeout_s`` bounds their wait
+    wherever a dead peer is not noticed by itself (NCCL).
+    """
+    logging.getLogger("ris_dist.train").exception("training failed")
+    rank = os.environ.get("RANK", "0")
+    print(f"error: rank {rank}: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
+    _leave(EXIT_FAILED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,4 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _shutdown(main())
+    try:
+        exit_code = main()
+    except Exception as error:  # noqa: BLE001 - reported by _fail, which exits non-zero
+        _fail(error)
+    _shutdown(exit_code)
