@@ -13,7 +13,6 @@ import math
 import os
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
@@ -38,11 +37,6 @@ def make_accelerator() -> Accelerator:
     return Accelerator(cpu=not cuda, kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
 
 
-def _all_reduce_max_(t: torch.Tensor) -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-
-
 class TorchBackend:
     """One process or DDP. fp16 uses a GradScaler whose found_inf is MAX-reduced every step."""
 
@@ -55,6 +49,7 @@ class TorchBackend:
         self.device_type = accelerator.device.type
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_dtype]
         self.scaler = torch.amp.GradScaler(self.device_type, init_scale=init_scale) if amp_dtype == "fp16" else None
+        self._backoff = False
 
     @property
     def is_ddp(self) -> bool:
@@ -84,16 +79,13 @@ class TorchBackend:
         yield list(self.accelerator.unwrap_model(self.model).parameters())
 
     def grad_norm_and_found_inf(self) -> tuple[torch.Tensor, torch.Tensor]:
-        found_inf = torch.zeros(())
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-            # Per-rank found_inf would let ranks update their scales differently; make the
-            # scaler's own record global so scaler.step/update agree everywhere.
-            state = self.scaler._per_optimizer_states[id(self.optimizer)]
-            for flag in state["found_inf_per_device"].values():
-                _all_reduce_max_(flag)
-                found_inf = torch.maximum(found_inf, flag.detach().cpu().reshape(()))
-        return total_grad_norm(self.model.parameters()), found_inf
+        if self.scaler is None:
+            return total_grad_norm(self.model.parameters()), torch.zeros(())
+        self.scaler.unscale_(self.optimizer)
+        norm = total_grad_norm(self.model.parameters())
+        # found_inf from the unscaled gradients' finiteness, the same test GradScaler makes;
+        # the gate MAX-reduces it, and skip()/finish_step() move every rank's scale together.
+        return norm, (~torch.isfinite(norm)).float().reshape(())
 
     def inject_nonfinite(self, value: float) -> None:
         """Corrupt this rank's gradients after the DDP sync: the case DDP cannot catch."""
@@ -110,13 +102,27 @@ class TorchBackend:
         else:
             self.optimizer.step()
 
-    def skip(self) -> None:
-        pass  # finish_step zeroes the grads either way
+    def skip(self, found_inf: bool) -> None:
+        self._backoff = found_inf  # finish_step zeroes the grads either way
 
     def finish_step(self) -> None:
         if self.scaler is not None:
-            self.scaler.update()
+            if self._backoff:
+                self._back_off_scale()
+            else:
+                # The gate saw no overflow on any rank, so no rank's scaler recorded one either.
+                self.scaler.update()
+        self._backoff = False
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _back_off_scale(self) -> None:
+        """What ``scaler.update()`` does after an overflow, on every rank, even one whose own gradients were finite."""
+        state = self.scaler.state_dict()
+        self.scaler.update(new_scale=float(state["scale"] * state["backoff_factor"]))
+        self.scaler.load_state_dict({**self.scaler.state_dict(), "_growth_tracker": 0})
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.accelerator.get_state_dict(self.model)
 
     def loss_scale(self) -> float | None:
         return float(self.scaler.get_scale()) if self.scaler is not None else None
@@ -167,7 +173,8 @@ class DeepSpeedBackend:
             g = safe_get_full_grad(p)
             if g is not None:
                 squares = squares + torch.linalg.vector_norm(g.detach().double()).cpu() ** 2
-        norm = torch.sqrt(squares)
+        # Under fp16 the gradients carry the loss scale; the gate and the logs see the true norm.
+        norm = torch.sqrt(squares) / (self.loss_scale() or 1.0)
         # DeepSpeed's own overflow check (fp16/bf16) sees exactly this non-finite norm.
         found = torch.tensor(float(not math.isfinite(float(norm)) and self.engine.fp16_enabled()))
         return norm, found
@@ -181,8 +188,27 @@ class DeepSpeedBackend:
     def finish_step(self) -> None:
         pass
 
-    def skip(self) -> None:
+    def skip(self, found_inf: bool) -> None:
+        if found_inf and self.engine.fp16_enabled():
+            # The engine's own overflow path: it sees the same non-finite gradients, skips the
+            # update, zeroes them and backs its loss scale off, exactly as without the gate.
+            self.engine.step()
+            if self.engine.was_step_applied():
+                raise RuntimeError("DeepSpeed applied a step the gate rejected as an fp16 overflow "
+                                   "(its overflow check disagrees with the gate's)")
+            return
         self.engine.optimizer.zero_grad(set_to_none=True)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's weights from the fp32 master copy (what best/ exports whatever the engine's dtype)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        state = self.accelerator.get_state_dict(self.engine)
+        for name, p in self.engine.module.named_parameters():
+            full = safe_get_full_fp32_param(p)  # a collective under ZeRO: every rank, same order
+            if full is not None:
+                state[name] = full
+        return state
 
     def loss_scale(self) -> float | None:
         opt = self.engine.optimizer

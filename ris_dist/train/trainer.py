@@ -15,6 +15,7 @@ import signal
 import time
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, load_system
@@ -22,6 +23,7 @@ from ..data.sampler import GlobalIndexStream
 from ..distributed.backend import DeepSpeedBackend, TorchBackend, make_accelerator, using_deepspeed
 from ..distributed.gate import GateDecision, step_gate
 from ..distributed.preempt import PreemptionFlag
+from ..distributed.precision import check_launch_precision, deepspeed_precision_blocks, read_deepspeed_json
 from ..localize import SuccessTable
 from ..losses import LossWeights, compute_loss, format_selftest, selftest
 from ..model import build_model
@@ -65,6 +67,7 @@ class TrainerState:
 class Trainer:
     def __init__(self, cfg: TrainConfig, preempt: PreemptionFlag | None = None):
         self.cfg = cfg
+        check_launch_precision(cfg.amp.dtype)
         self.accelerator = make_accelerator()
         acc = self.accelerator
         setup_logging(acc.is_main_process, acc.process_index)
@@ -93,15 +96,17 @@ class Trainer:
             ds_cfg["train_micro_batch_size_per_gpu"] = math.ceil(self.global_batch / self.world)
             ds_cfg["gradient_accumulation_steps"] = 1
             ds_cfg["train_batch_size"] = ds_cfg["train_micro_batch_size_per_gpu"] * self.world
-        if using_deepspeed() and (cfg.ema.enabled or cfg.swa.enabled or cfg.amp.dtype != "none"):
-            raise ConfigError("ema/swa/amp.dtype: not supported under DeepSpeed here (set them in the DeepSpeed "
-                              "JSON, or use DDP)")
+            ds_cfg.update(deepspeed_precision_blocks(*read_deepspeed_json(), cfg.amp.dtype, cfg.amp.init_scale))
+        if using_deepspeed() and (cfg.ema.enabled or cfg.swa.enabled):
+            raise ConfigError("ema/swa: not supported under DeepSpeed here (use DDP)")
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if using_deepspeed():
             self.backend = DeepSpeedBackend(acc, self.model)
         else:
             self.backend = TorchBackend(acc, self.model, self.optimizer, cfg.amp.dtype, cfg.amp.init_scale)
         acc.register_for_checkpointing(self.scheduler)
+        if self.backend.scaler is not None:
+            acc.register_for_checkpointing(self.backend.scaler)  # a requeued fp16 run keeps its loss scale
         self.ema = self._averaged(model, cfg.ema, ema=True)
         self.swa = self._averaged(model, cfg.swa, ema=False)
         self.state = TrainerState()
@@ -133,8 +138,11 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
         lr, mult = cfg.optim.lr, cfg.optim.head_lr_mult
-        logger.info("run %s phase %s on %d process(es), backend=%s, device=%s", cfg.run_name, cfg.phase,
-                    self.world, self.backend.name, acc.device)
+        group = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+        logger.info("run %s phase %s on %d process(es), backend=%s, device=%s, process_group=%s", cfg.run_name,
+                    cfg.phase, self.world, self.backend.name, acc.device, group)
+        logger.info("[AMP] dtype=%s params=%s loss_scale=%s", cfg.amp.dtype,
+                    next(iter(self.backend.parameters())).dtype, self.backend.loss_scale())
         logger.info("Backbone: %.1fM @ LR=%.2e", counts["backbone"] / 1e6, lr)
         logger.info("Head: %.1fM @ LR=%.2e (%.1f×)", counts["head"] / 1e6, lr * mult, mult)
         weights = dataclasses.asdict(cfg.loss.weights)
@@ -218,7 +226,7 @@ class Trainer:
                 if averaged is not None and (averaged is self.ema or step >= cfg.swa.start_step):
                     averaged.update_parameters(self.accelerator.unwrap_model(self.model))
         else:
-            self.backend.skip()
+            self.backend.skip(decision.found_inf)
             self.state.skipped[decision.reason] += 1
         self.backend.finish_step()
         delta = 0.0
@@ -386,7 +394,7 @@ class Trainer:
     def _save_best(self, metrics: dict[str, float], folder: str = "best", model=None) -> None:
         validated = model is None
         model = model if model is not None else self._eval_model()
-        state_dict = self.accelerator.get_state_dict(model) if model is self.model else model.state_dict()
+        state_dict = self.backend.export_state_dict() if model is self.model else model.state_dict()
         # The K̂ table is calibrated on the validated model; another one (SWA) is served with argmax.
         k_decision = self.cfg.val.k_decision if validated else "map"
         if k_decision != self.cfg.val.k_decision:
