@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean gpu-check
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: install
 
 demo: install
 	$(PY) -m ris_dist.demo
+
+# The GPU acceptance run (docs/results/gpu/README.md): needs no venv, only a CUDA machine's python3.
+GPU_OUT ?= gpu-check
+gpu-check:
+	python3 -m ris_dist.bench gpu --out "$(GPU_OUT)"
 
 clean:
 	rm -rf $(VENV) runs reports
