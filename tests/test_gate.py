@@ -15,17 +15,17 @@ from ris_dist.distributed.gate import step_gate, total_grad_norm
 @pytest.mark.parametrize("norm, reason", [(float("inf"), "nonfinite"), (float("nan"), "nonfinite"),
                                           (0.0, "zero"), (-0.0, "zero")])
 def test_gate_skips_inf_nan_and_zero(norm, reason):
-    d = step_gate(torch.tensor(norm))
+    d = step_gate(torch.tensor(norm), False, "cpu")
     assert not d.step and d.reason == reason
 
 
 def test_gate_steps_on_finite_positive_norm():
-    d = step_gate(torch.tensor(1e-12))
+    d = step_gate(torch.tensor(1e-12), False, "cpu")
     assert d.step and d.reason == "step" and d.grad_norm == pytest.approx(1e-12)
 
 
 def test_gate_skips_on_found_inf_even_with_finite_norm():
-    d = step_gate(torch.tensor(3.0), found_inf=torch.tensor(1.0))
+    d = step_gate(torch.tensor(3.0), torch.tensor(1.0), "cpu")
     assert not d.step and d.found_inf and d.reason == "found_inf"
 
 
@@ -35,9 +35,9 @@ def test_total_grad_norm_is_global_l2_and_keeps_nonfinite():
     c = torch.nn.Parameter(torch.zeros(1))  # no grad: counts as zero
     a.grad = torch.tensor([3.0, 0.0, 0.0])
     b.grad = torch.tensor([0.0, 4.0])
-    assert float(total_grad_norm([a, b, c])) == pytest.approx(5.0)
+    assert float(total_grad_norm([a, b, c], "cpu")) == pytest.approx(5.0)
     b.grad = torch.tensor([float("nan"), 1.0])
-    assert math.isnan(float(total_grad_norm([a, b])))
+    assert math.isnan(float(total_grad_norm([a, b], "cpu")))
 
 
 def _free_port() -> int:
@@ -50,7 +50,7 @@ def _worker(rank: int, world: int, port: int, norms: list[float], found: list[fl
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        d = step_gate(torch.tensor(norms[rank]), torch.tensor(found[rank]))
+        d = step_gate(torch.tensor(norms[rank]), torch.tensor(found[rank]), "cpu")
         out.put((rank, d.step, d.reason, d.grad_norm))
     finally:
         dist.destroy_process_group()

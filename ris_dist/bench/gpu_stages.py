@@ -69,7 +69,7 @@ def throughput(system_name: str, preset: str, batches: list[int], dtypes: list[s
                         out = model(batch.y, batch.H, batch.codes, batch.snr_db)
                     compute_loss(out, batch, system, 0.0, cfg.loss, cfg.loss.weights).total.backward()
                     t2 = _sync(device)
-                    if step_gate(total_grad_norm(model.parameters())).step:
+                    if step_gate(total_grad_norm(model.parameters(), device), False, device).step:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     t3 = _sync(device)

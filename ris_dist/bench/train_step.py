@@ -1,8 +1,8 @@
 """Step time through ris_dist's trainer (gate, instrumentation, Accelerate) vs a bare torch loop.
 
 Same run, same model initialization, same batches, same AdamW parameter groups and LR
-schedule. The trainer side runs :meth:`Trainer.step_once` plus the per-step preemption
-all-reduce, exactly what the training loop runs between validations; the bare side is
+schedule. The trainer side runs :meth:`Trainer.step_once` (whose gate all-reduce also carries
+the preemption flag), exactly what the training loop runs between validations; the bare side is
 forward, loss, backward, ``optimizer.step()``, ``scheduler.step()``, ``zero_grad()``.
 Blocks of steps alternate between the two (ABAB...) so machine drift hits both equally,
 and the figure is the ratio of median per-step times. Target: <= 1.05.
@@ -135,7 +135,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def trainer_step(indices: torch.Tensor) -> None:
         trainer.step_once([(indices, int(indices.numel()))])
-        trainer.preempt.synced_signal()
 
     for i in range(args.warmup):
         bare_step(batches[i])

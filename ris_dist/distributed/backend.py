@@ -9,13 +9,16 @@ DeepSpeed the engine is driven directly, because Accelerate's ``backward`` would
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+from ..config import ConfigError
 from .gate import total_grad_norm
 
 
@@ -23,18 +26,49 @@ def using_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def make_accelerator() -> Accelerator:
+def make_accelerator(timeout_s: float = 1800.0, grad_accum_steps: int = 1) -> Accelerator:
     """An Accelerator that shards across processes on CPU (gloo) as well as on GPUs (NCCL).
 
     On CPU, Accelerate needs an explicit gloo process group (with DeepSpeed) and
     ``cpu=True`` (with DDP); without them every rank runs alone and nothing syncs.
+    ``timeout_s`` bounds every collective (NCCL, gloo, and DeepSpeed's group, which
+    Accelerate creates with the same arguments): a rank that never arrives ends the
+    others with an error instead of a hang. Under DeepSpeed, Accelerate's own
+    accumulation count is set to the engine's, which owns accumulation there.
     """
     cuda = torch.cuda.is_available()
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if multi_process and not cuda else []
+    timeout = datetime.timedelta(seconds=timeout_s)
+    handlers = [InitProcessGroupKwargs(backend="nccl" if cuda else "gloo", timeout=timeout)] if multi_process else []
     if using_deepspeed():
-        return Accelerator(kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
+        return Accelerator(kwargs_handlers=handlers, step_scheduler_with_optimizer=False,
+                           gradient_accumulation_steps=grad_accum_steps)
     return Accelerator(cpu=not cuda, kwargs_handlers=handlers, step_scheduler_with_optimizer=False)
+
+
+def configure_deepspeed(ds_cfg: dict, global_batch: int, world: int, grad_accum_steps: int,
+                        grad_clip: float) -> None:
+    """Write the trainer's batch, accumulation and clipping into the DeepSpeed config, in place.
+
+    ``gradient_accumulation_steps`` is always ``optim.grad_accum_steps`` (Accelerate turns the
+    JSON's ``"auto"`` into 1 before the trainer sees it). ``gradient_clipping`` may be
+    ``"auto"`` in the JSON (the shipped ones are); a number there must agree with
+    ``optim.grad_clip``, so the engine never clips differently from DDP.
+    """
+    have = ds_cfg.get("gradient_clipping", "auto")
+    if have != "auto" and float(have) != float(grad_clip):
+        raise ConfigError(f"DeepSpeed config gradient_clipping={have!r} disagrees with optim.grad_clip={grad_clip!r}; "
+                          f"set it to \"auto\" (the trainer fills it in) or to {grad_clip!r}")
+    ds_cfg["gradient_clipping"] = grad_clip
+    ds_cfg["gradient_accumulation_steps"] = grad_accum_steps
+    ds_cfg["train_micro_batch_size_per_gpu"] = math.ceil(global_batch / world)
+    ds_cfg["train_batch_size"] = ds_cfg["train_micro_batch_size_per_gpu"] * grad_accum_steps * world
+
+
+def _all_reduce_(t: torch.Tensor, op) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op)
+    return t
 
 
 class TorchBackend:
@@ -46,6 +80,7 @@ class TorchBackend:
         self.accelerator = accelerator
         self.model = model
         self.optimizer = optimizer
+        self.device = accelerator.device
         self.device_type = accelerator.device.type
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_dtype]
         self.scaler = torch.amp.GradScaler(self.device_type, init_scale=init_scale) if amp_dtype == "fp16" else None
@@ -79,10 +114,11 @@ class TorchBackend:
         yield list(self.accelerator.unwrap_model(self.model).parameters())
 
     def grad_norm_and_found_inf(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global norm and found_inf as tensors on ``accelerator.device``; nothing read on the host."""
         if self.scaler is None:
-            return total_grad_norm(self.model.parameters()), torch.zeros(())
+            return total_grad_norm(self.model.parameters(), self.device), torch.zeros((), device=self.device)
         self.scaler.unscale_(self.optimizer)
-        norm = total_grad_norm(self.model.parameters())
+        norm = total_grad_norm(self.model.parameters(), self.device)
         # found_inf from the unscaled gradients' finiteness, the same test GradScaler makes;
         # the gate MAX-reduces it, and skip()/finish_step() move every rank's scale together.
         return norm, (~torch.isfinite(norm)).float().reshape(())
@@ -94,9 +130,10 @@ class TorchBackend:
                 p.grad.fill_(value)
                 return
 
-    def step(self, grad_clip: float) -> None:
+    def step(self, grad_clip: float, grad_norm: torch.Tensor) -> None:
+        """Clip with the norm the gate judged (no second norm pass), then step."""
         if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), grad_clip, grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
         else:
@@ -129,25 +166,39 @@ class TorchBackend:
 
 
 class DeepSpeedBackend:
-    """ZeRO 1/2/3 through the engine: backward, global norm over partitions, decide, step or zero."""
+    """ZeRO 1/2/3 through the engine: backward, global norm over partitions, decide, step or zero.
+
+    DeepSpeed owns accumulation: the trainer marks each micro-batch's boundary
+    (``no_sync(last)``), so ZeRO-1/2 sum every micro-batch's gradient and reduce once, at the
+    boundary. Clipping is DeepSpeed's ``gradient_clipping``, which the trainer sets from
+    ``optim.grad_clip`` (the same formula as ``clip_grads_with_norm_``).
+    """
 
     name = "deepspeed"
 
     def __init__(self, accelerator: Accelerator, engine):
         self.accelerator = accelerator
+        self.device = accelerator.device
         self.engine = engine
         self.model = engine
         self.scaler = None
-        self._found_inf = False
+        opt = engine.optimizer
+        if not isinstance(getattr(opt, "averaged_gradients", None), dict) or getattr(opt, "cpu_offload", False) \
+                or getattr(opt, "offload_optimizer", False):
+            raise ConfigError(f"DeepSpeed optimizer {type(opt).__name__}: the step gate needs ZeRO stage 1, 2 or 3 "
+                             "without optimizer offload (zero_optimization.stage / offload_optimizer in the JSON)")
 
     def autocast(self):
         return contextlib.nullcontext()  # the engine casts according to its JSON
 
     def no_sync(self, last_micro_step: bool):
+        """Tell the engine whether this micro-batch ends the accumulation (it reduces only then)."""
+        self.engine.set_gradient_accumulation_boundary(last_micro_step)
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+        # The trainer's loss is already this micro-batch's share of the step's mean.
+        self.engine.backward(loss, scale_wrt_gas=False)
 
     def parameters(self):
         return self.engine.module.parameters()
@@ -165,30 +216,34 @@ class DeepSpeedBackend:
             yield params
 
     def grad_norm_and_found_inf(self) -> tuple[torch.Tensor, torch.Tensor]:
-        from deepspeed.utils import safe_get_full_grad
+        """The global norm from this rank's reduced partition: one SUM all-reduce, on the device.
 
-        # safe_get_full_grad is a collective under ZeRO-3: every rank, every param, same order.
-        squares = torch.zeros((), dtype=torch.float64)
-        for p in self.engine.module.parameters():
-            g = safe_get_full_grad(p)
-            if g is not None:
-                squares = squares + torch.linalg.vector_norm(g.detach().double()).cpu() ** 2
-        # Under fp16 the gradients carry the loss scale; the gate and the logs see the true norm.
-        norm = torch.sqrt(squares) / (self.loss_scale() or 1.0)
-        # DeepSpeed's own overflow check (fp16/bf16) sees exactly this non-finite norm.
-        found = torch.tensor(float(not math.isfinite(float(norm)) and self.engine.fp16_enabled()))
-        return norm, found
+        After the boundary backward every ZeRO stage keeps this rank's share of the reduced
+        gradients in ``optimizer.averaged_gradients`` (disjoint across ranks, zero padding),
+        so the sum of every rank's squares is the squared global norm.
+        """
+        opt = self.engine.optimizer
+        grads = [g.detach() for group in opt.averaged_gradients.values() if group is not None for g in group]
+        local = (torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).to(self.device, torch.float64)
+                 if grads else torch.zeros((), dtype=torch.float64, device=self.device))
+        squares = _all_reduce_(local.square().reshape(1), dist.ReduceOp.SUM)
+        norm = squares.sqrt().reshape(()) / getattr(opt, "loss_scale", 1.0)  # fp16: the grads are scaled
+        # DeepSpeed's own overflow check (fp16) sees exactly this non-finite norm.
+        found = (~torch.isfinite(norm) if self.engine.fp16_enabled() else torch.zeros((), dtype=torch.bool,
+                                                                                         device=self.device))
+        return norm, found.to(torch.float64)
 
     def inject_nonfinite(self, value: float) -> None:
         raise RuntimeError("DeepSpeed fault injection goes through the loss (see Trainer)")
 
-    def step(self, grad_clip: float) -> None:
-        self.engine.step()
+    def step(self, grad_clip: float, grad_norm: torch.Tensor) -> None:
+        self.engine.step()  # clips to the JSON's gradient_clipping, which the trainer set to grad_clip
 
     def finish_step(self) -> None:
         pass
 
     def skip(self, found_inf: bool) -> None:
+        """Drop this step's gradients the way DeepSpeed's own overflow skip does."""
         if found_inf and self.engine.fp16_enabled():
             # The engine's own overflow path: it sees the same non-finite gradients, skips the
             # update, zeroes them and backs its loss scale off, exactly as without the gate.
@@ -197,7 +252,10 @@ class DeepSpeedBackend:
                 raise RuntimeError("DeepSpeed applied a step the gate rejected as an fp16 overflow "
                                    "(its overflow check disagrees with the gate's)")
             return
-        self.engine.optimizer.zero_grad(set_to_none=True)
+        opt = self.engine.optimizer
+        opt.zero_grad(set_to_none=True)
+        for key in opt.averaged_gradients:
+            opt.averaged_gradients[key] = None
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The module's weights from the fp32 master copy (what best/ exports whatever the engine's dtype)."""

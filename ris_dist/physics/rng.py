@@ -54,12 +54,26 @@ def split_id(split: str) -> int:
     return int.from_bytes(hashlib.sha256(split.encode()).digest()[:8], "little") >> 1
 
 
-def scene_keys(seed: int, split: str, indices: torch.Tensor) -> torch.Tensor:
-    """int64 keys ``[B]`` for global scene ``indices`` of (seed, split)."""
+def check_indices(indices: torch.Tensor) -> None:
+    """Scene indices must be int64 and >= 0.
+
+    A CPU tensor is checked through numpy, which is no device sync; a device tensor costs
+    one, so callers in a hot loop check their host copy before moving it (as ``simulate``
+    does) and pass ``check=False`` to :func:`scene_keys`.
+    """
     if indices.dtype != torch.int64:
         raise TypeError(f"scene indices must be int64, got {indices.dtype}")
-    if bool((indices < 0).any()):
-        raise ValueError(f"scene indices must be >= 0, got min {int(indices.min())}")
+    if indices.numel() == 0:
+        return
+    low = int(indices.numpy().min()) if indices.device.type == "cpu" else int(indices.min())
+    if low < 0:
+        raise ValueError(f"scene indices must be >= 0, got min {low}")
+
+
+def scene_keys(seed: int, split: str, indices: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """int64 keys ``[B]`` for global scene ``indices`` of (seed, split)."""
+    if check:
+        check_indices(indices)
     base = _s64(_mix_int(_mix_int(int(seed) & _MASK64) ^ split_id(split)))
     return _mix(indices * _GOLDEN + base)
 

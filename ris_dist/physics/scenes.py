@@ -55,7 +55,42 @@ def normalized_coords(system: SystemConfig, azimuth_deg, elevation_deg, range_m)
     return torch.stack([u / cu, w / cw, (1.0 / range_m) / cr], dim=-1)
 
 
-def sample_scene_params(system: SystemConfig, keys: torch.Tensor, indices: torch.Tensor) -> SceneParams:
+class DeferredSceneErrors:
+    """Scenes that could not be sampled, kept as a device tensor and raised when read.
+
+    Checking each batch on the host would cost a device sync per micro-batch; the trainer
+    reads this on logging steps and at the end of a run instead.
+    """
+
+    def __init__(self, system: SystemConfig):
+        self.system = system
+        self._worst: torch.Tensor | None = None  # max of index·K_max + slot over failures, -1 if none
+
+    def record(self, indices: torch.Tensor, unplaced_slot: torch.Tensor) -> None:
+        kmax = self.system.max_sources
+        code = torch.where(unplaced_slot >= 0, indices * kmax + unplaced_slot, -1).max() if indices.numel() \
+            else torch.full((), -1, dtype=torch.int64, device=indices.device)
+        self._worst = code if self._worst is None else torch.maximum(self._worst, code)
+
+    def raise_if_any(self) -> None:
+        """One host read; raises the one-line error of a recorded failure."""
+        if self._worst is None:
+            return
+        code = int(self._worst)
+        if code >= 0:
+            index, slot = divmod(code, self.system.max_sources)
+            raise RuntimeError(_separation_message(self.system, index, slot))
+
+
+def _separation_message(system: SystemConfig, index: int, slot: int) -> str:
+    return (f"scene {index}: no position for source {slot + 1} at min_separation_cells="
+            f"{system.min_separation_cells} after {SEPARATION_CANDIDATES} candidates; lower it")
+
+
+def sample_scene_params(system: SystemConfig, keys: torch.Tensor, indices: torch.Tensor,
+                        errors: DeferredSceneErrors | None = None) -> SceneParams:
+    """The parameters of each scene. A source slot with no candidate at the minimum
+    separation raises (after the batch, naming the scene), or is recorded in ``errors``."""
     batch, kmax = keys.shape[0], system.max_sources
     u_k = rng.uniform(keys, STREAM_NUM_SOURCES, (1,))[:, 0]
     num_sources = torch.clamp((u_k * kmax).to(torch.int64) + 1, max=kmax)
@@ -68,6 +103,7 @@ def sample_scene_params(system: SystemConfig, keys: torch.Tensor, indices: torch
     coords = normalized_coords(system, az, el, rr)  # [B, K, C, 3]
 
     chosen = torch.zeros(batch, kmax, dtype=torch.int64, device=keys.device)
+    unplaced = torch.full((batch,), -1, dtype=torch.int64, device=keys.device)  # first slot with no position
     accepted = []
     for k in range(kmax):
         ok = torch.ones(batch, SEPARATION_CANDIDATES, dtype=torch.bool, device=keys.device)
@@ -77,15 +113,15 @@ def sample_scene_params(system: SystemConfig, keys: torch.Tensor, indices: torch
         first = torch.argmax(ok.to(torch.int8), dim=1)
         found = ok.gather(1, first[:, None])[:, 0]
         bad = ~found & valid[:, k]
-        if bool(bad.any()):
-            idx = int(indices[bad.nonzero()[0, 0]])
-            raise RuntimeError(
-                f"scene {idx}: no position for source {k + 1} at min_separation_cells="
-                f"{system.min_separation_cells} after {SEPARATION_CANDIDATES} candidates; lower it"
-            )
+        unplaced = torch.where(bad & (unplaced < 0), k, unplaced)
         chosen[:, k] = first
         accepted.append(coords[:, k].gather(1, first[:, None, None].expand(-1, 1, 3))[:, 0])
 
+    if errors is not None:
+        errors.record(indices, unplaced)
+    elif bool((unplaced >= 0).any()):
+        row = int((unplaced >= 0).nonzero()[0, 0])
+        raise RuntimeError(_separation_message(system, int(indices[row]), int(unplaced[row])))
     pick = chosen[:, :, None]
     azimuth = az.gather(2, pick)[..., 0]
     elevation = el.gather(2, pick)[..., 0]

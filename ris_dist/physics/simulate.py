@@ -15,7 +15,8 @@ import torch
 from ..config import SystemConfig
 from . import codebook as cb
 from . import rng
-from .scenes import STREAM_CODE_SELECTION, STREAM_NOISE, STREAM_SYMBOLS, bs_ris_channel, sample_scene_params
+from .scenes import (STREAM_CODE_SELECTION, STREAM_NOISE, STREAM_SYMBOLS, DeferredSceneErrors, bs_ris_channel,
+                     sample_scene_params)
 from .steering import steering
 
 
@@ -104,6 +105,7 @@ def _as_indices(indices, device) -> torch.Tensor:
     idx = torch.as_tensor(indices, dtype=torch.int64)
     if idx.ndim != 1:
         raise ValueError(f"scene indices must be 1-D, got shape {tuple(idx.shape)}")
+    rng.check_indices(idx)  # on the host copy: no device sync per batch
     return idx.to(device)
 
 
@@ -120,15 +122,18 @@ def codes_from_indices(system: SystemConfig, indices: torch.Tensor) -> torch.Ten
     return cb.codewords(system, device=indices.device)[indices]
 
 
-def simulate(system: SystemConfig, indices, seed: int, split: str, device=None) -> SceneBatch:
+def simulate(system: SystemConfig, indices, seed: int, split: str, device=None,
+             errors: DeferredSceneErrors | None = None) -> SceneBatch:
     """Generate the scenes with global ``indices`` of (``seed``, ``split``) on ``device``.
 
     Each scene is a pure function of (seed, split, index): the same on any batch
-    composition, device or worker count, within float32 tolerance.
+    composition, device or worker count, within float32 tolerance. A scene that cannot
+    be sampled raises here, or, with ``errors``, is recorded there (on the device) and
+    raised when the caller reads it, so a training step needs no host sync for it.
     """
     idx = _as_indices(indices, device)
-    keys = rng.scene_keys(seed, split, idx)
-    p = sample_scene_params(system, keys, idx)
+    keys = rng.scene_keys(seed, split, idx, check=False)
+    p = sample_scene_params(system, keys, idx, errors)
     H = bs_ris_channel(system, keys, p.kappa)
     codes = codes_from_indices(system, code_indices(system, keys))
 

@@ -1,7 +1,8 @@
 """``accelerate launch -m ris_dist.train --config configs/phase0.yaml [dotted.key=value ...]``.
 
 Also runs as plain ``python -m ris_dist.train ...`` on one process. Exit codes:
-0 done (gate passed or not enforced), 2 bad input (config, checkpoint), 3 gate failed,
+0 done (gate passed or not enforced), 1 an error on this rank (its traceback, then one
+``error: rank R: ...`` line), 2 bad input (config, checkpoint), 3 gate failed,
 75 preempted (checkpoint saved; requeue).
 """
 
@@ -18,6 +19,7 @@ from ..config import ConfigError
 from .checkpoint import CheckpointError
 from .config import load_train_config
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -34,14 +36,33 @@ def _shutdown(code: int) -> None:
 
     Multi-process CPU runs sometimes abort in static destructors after a clean run; tearing
     the process group down and leaving with os._exit makes the exit code the run's own.
+    Bad input can be one rank's alone, so that exit skips the barrier the others would
+    never join.
     """
-    if dist.is_available() and dist.is_initialized():
+    if code != EXIT_BAD_INPUT and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    _leave(code)
+
+
+def _leave(code: int) -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _fail(err: BaseException) -> None:
+    """An error on one rank: say what it was and leave at once, with no collective.
+
+    The other ranks are (or will be) waiting in a collective this rank never joins; the
+    launcher sees this exit and stops them, and ``dist.timeout_s`` bounds their wait
+    wherever a dead peer is not noticed by itself (NCCL).
+    """
+    logging.getLogger("ris_dist.train").exception("training failed")
+    rank = os.environ.get("RANK", "0")
+    print(f"error: rank {rank}: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
+    _leave(EXIT_FAILED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,4 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _shutdown(main())
+    try:
+        exit_code = main()
+    except Exception as error:  # noqa: BLE001 - reported by _fail, which exits non-zero
+        _fail(error)
+    _shutdown(exit_code)

@@ -1,8 +1,9 @@
 """Atomic, resumable checkpoints.
 
 Every rank takes part in ``accelerator.save_state`` (model, optimizer, RNG states, and the
-registered scheduler, fp16 GradScaler, EMA and SWA), into a temporary folder. The main process then
-writes ``trainer_state.json`` (step, epoch, stream position, gate counters), fsyncs,
+registered scheduler, fp16 GradScaler, EMA and SWA), into a temporary folder. The main process
+then writes ``trainer_state.json`` (step, epoch, stream position, gate counters, and the world
+size and backend that wrote it), fsyncs,
 renames the folder into place and writes the ``COMPLETE`` marker last. A folder without
 the marker is never loaded, so a crash mid-save resumes from the previous checkpoint.
 """
@@ -96,8 +97,32 @@ def save(accelerator, root: Path, step: int, trainer_state: dict[str, Any], keep
     return final
 
 
-def load(accelerator, path: Path) -> dict[str, Any]:
-    """Restore every registered state from ``path`` and return its trainer state."""
+def check_resumable(state: dict[str, Any], state_file: Path, world_size: int, backend: str) -> None:
+    """Refuse a resume that DeepSpeed cannot load, before it raises deep inside ``load_checkpoint``.
+
+    ZeRO shards the optimizer state (and, at stage 3, the parameters) per rank, so its
+    checkpoint loads only on the world size and backend that wrote it. DDP and one-process
+    checkpoints hold full states and resume on any world size.
+    """
+    saved_world, saved_backend = state.get("world_size"), state.get("backend")
+    if saved_backend is None:
+        return  # written before these keys existed: nothing to compare
+    if saved_backend != backend:
+        raise CheckpointError(f"{state_file}: saved by backend {saved_backend} on {saved_world} process(es), "
+                              f"resumed with {backend}; resume with the same backend, or start a new phase "
+                              f"from its best/ with init_from=<run>/<phase>/best")
+    if backend == "deepspeed" and saved_world != world_size:
+        raise CheckpointError(f"{state_file}: a DeepSpeed ZeRO checkpoint saved on {saved_world} processes cannot "
+                              f"resume on {world_size}; resume on {saved_world}, convert it (DeepSpeed's "
+                              f"zero_to_fp32.py or a universal checkpoint, ds_to_universal.py), or start a new "
+                              f"phase from best/ with init_from=<run>/<phase>/best")
+
+
+def load(accelerator, path: Path, world_size: int, backend: str) -> dict[str, Any]:
+    """Restore every registered state from ``path`` and return its trainer state.
+
+    ``world_size`` and ``backend`` are the resuming run's; see :func:`check_resumable`.
+    """
     if not (path / MARKER).is_file():
         raise CheckpointError(f"{path}: incomplete checkpoint (no {MARKER} marker)")
     state_file = path / STATE_FILE
@@ -107,6 +132,7 @@ def load(accelerator, path: Path) -> dict[str, Any]:
         state = json.loads(state_file.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{state_file}: invalid JSON ({err})") from None
+    check_resumable(state, state_file, world_size, backend)
     accelerator.load_state(str(path))
     return state
 

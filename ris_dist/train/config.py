@@ -32,7 +32,8 @@ class DataConfig:
     seed: int = 0
     """Dataset seed: a scene is a pure function of (seed, split, index)."""
     batch_size: int = 64
-    """GLOBAL batch size: split across ranks, so 1 or N processes see the same scene stream and loss."""
+    """GLOBAL micro-batch size: split across ranks, so 1 or N processes see the same scene stream and
+    loss. An optimizer step sees batch_size × optim.grad_accum_steps scenes."""
     val_batch_size: int = 128
     shuffle: bool = True
     generate_on_device: bool = True
@@ -53,14 +54,18 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float = 0.0
-    """Clip the global grad norm to this value after the gate accepts a step; 0 = off."""
+    """Clip the global grad norm to this value after the gate accepts a step; 0 = off. The same
+    rule on every backend: grads × grad_clip / (norm + 1e-6) when that factor is < 1 (DDP with the
+    gate's norm, DeepSpeed through its ``gradient_clipping``, which the trainer sets to this)."""
     warmup_steps: int = 0
     warmup_floor: float = 0.1
     """LR multiplier at step 0 of warmup; > 0 so the first steps move the weights."""
     min_lr_ratio: float = 0.05
     """Cosine decays to lr x min_lr_ratio at the last step."""
     grad_accum_steps: int = 1
-    """Micro-batches per optimizer step; the gate decides only at the accumulation boundary."""
+    """Micro-batches per optimizer step, each of data.batch_size scenes (global); the gate decides
+    only at the accumulation boundary. The step's loss is the mean over every scene it saw, so a
+    short last step of an epoch weighs the micro-batches it really had."""
     backbone_lr_mult_initial: float = 1.0
     """Backbone LR multiplier during the first backbone_warm_steps steps (0 = frozen backbone)."""
     backbone_warm_steps: int = 0
@@ -230,6 +235,21 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """Process-group settings (every backend)."""
+
+    timeout_s: float = 600.0
+    """Seconds a collective may wait for the other ranks before it fails (NCCL, gloo and
+    DeepSpeed's group). A rank that dies or stalls then ends every rank with an error
+    instead of a hang; set it above the longest gap between two collectives (a validation
+    with MUSIC, a checkpoint save)."""
+
+    def __post_init__(self) -> None:
+        check(math.isfinite(self.timeout_s) and self.timeout_s >= 10, "timeout_s", self.timeout_s,
+              "must be a finite number of seconds >= 10")
+
+
+@dataclass(frozen=True)
 class InjectConfig:
     """Replace this rank's gradients with a non-finite value at the given optimizer steps."""
 
@@ -249,8 +269,12 @@ class DebugConfig:
     """Rank 0 records SIGUSR1 at this step, as if SLURM had signalled it alone (0 = off)."""
     kill_during_save_step: int = 0
     """SIGKILL the main process inside the save at this step, after writing and before the rename."""
+    fail_validation_on_rank: int = -1
+    """This rank raises a MUSIC failure inside every validation (-1 = off): the no-hang drill."""
 
     def __post_init__(self) -> None:
+        check(self.fail_validation_on_rank >= -1, "fail_validation_on_rank", self.fail_validation_on_rank,
+              "must be a rank >= 0, or -1 (off)")
         check(self.preempt_at_step >= 0, "preempt_at_step", self.preempt_at_step, "must be >= 0")
         check(self.kill_during_save_step >= 0, "kill_during_save_step", self.kill_during_save_step, "must be >= 0")
 
@@ -302,6 +326,7 @@ class TrainConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:

@@ -3,6 +3,9 @@
 Per optimizer step: (micro-batches of) forward + backward, the global grad norm and AMP
 found_inf from the backend, ONE gate decision shared by all ranks, then either a real
 step followed by exactly one scheduler tick, or a skip that zeroes the gradients.
+
+Outside logging steps the step reads nothing on the host but the gate's decision: losses
+stay device tensors until a logging step, and every collective runs on ``accelerator.device``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, load_system
 from ..data.sampler import GlobalIndexStream
-from ..distributed.backend import DeepSpeedBackend, TorchBackend, make_accelerator, using_deepspeed
+from ..distributed.backend import (DeepSpeedBackend, TorchBackend, configure_deepspeed, make_accelerator,
+                                   using_deepspeed)
 from ..distributed.gate import GateDecision, step_gate
 from ..distributed.preempt import PreemptionFlag
 from ..distributed.precision import check_launch_precision, deepspeed_precision_blocks, read_deepspeed_json
@@ -28,6 +32,7 @@ from ..localize import SuccessTable
 from ..losses import LossWeights, compute_loss, format_selftest, selftest
 from ..model import build_model
 from ..physics import simulate
+from ..physics.scenes import DeferredSceneErrors
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_config
 from .instrument import log_skip, log_step, parameter_digest, record_indices, spectrum_images
@@ -68,7 +73,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, preempt: PreemptionFlag | None = None):
         self.cfg = cfg
         check_launch_precision(cfg.amp.dtype)
-        self.accelerator = make_accelerator()
+        self.accelerator = make_accelerator(cfg.dist.timeout_s, cfg.optim.grad_accum_steps)
         acc = self.accelerator
         setup_logging(acc.is_main_process, acc.process_index)
         self.run_dir = cfg.run_dir
@@ -92,11 +97,10 @@ class Trainer:
             model.load_state_dict(ckpt.load_weights(init_path))
             logger.info("initialized from %s", init_path)
         if using_deepspeed():
-            ds_cfg = acc.state.deepspeed_plugin.deepspeed_config
-            ds_cfg["train_micro_batch_size_per_gpu"] = math.ceil(self.global_batch / self.world)
-            ds_cfg["gradient_accumulation_steps"] = 1
-            ds_cfg["train_batch_size"] = ds_cfg["train_micro_batch_size_per_gpu"] * self.world
-            ds_cfg.update(deepspeed_precision_blocks(*read_deepspeed_json(), cfg.amp.dtype, cfg.amp.init_scale))
+            configure_deepspeed(acc.state.deepspeed_plugin.deepspeed_config, self.global_batch, self.world,
+                                cfg.optim.grad_accum_steps, cfg.optim.grad_clip)
+            acc.state.deepspeed_plugin.deepspeed_config.update(
+                deepspeed_precision_blocks(*read_deepspeed_json(), cfg.amp.dtype, cfg.amp.init_scale))
         if using_deepspeed() and (cfg.ema.enabled or cfg.swa.enabled):
             raise ConfigError("ema/swa: not supported under DeepSpeed here (use DDP)")
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -114,6 +118,7 @@ class Trainer:
         self.stream = GlobalIndexStream(cfg.data.train_scenes, cfg.data.seed, cfg.data.shuffle)
         self.val_loader = make_val_loader(acc, cfg.data.val_scenes, cfg.data.val_batch_size)
         self.preempt = preempt if preempt is not None else PreemptionFlag()
+        self.scene_errors = DeferredSceneErrors(self.system)
         self.selftest: dict[str, float] = {}
         self.last_val: dict[str, float] = {}
         self.success_table: SuccessTable | None = None  # K̂ table of the last validation (k_decision: success)
@@ -168,20 +173,24 @@ class Trainer:
             return float(inj.value)
         return None
 
-    def _micro_step(self, local_indices: torch.Tensor, global_count: int, weights: LossWeights, beta: float,
-                    last: bool, inject: float | None) -> dict[str, float]:
+    def _micro_step(self, local_indices: torch.Tensor, step_count: int, weights: LossWeights, beta: float,
+                    last: bool, inject: float | None) -> tuple[list[str], torch.Tensor]:
+        """Forward + backward of one micro-batch; returns the loss names and their sums over this
+        rank's scenes as ONE device tensor (read on logging steps only)."""
         cfg, acc = self.cfg, self.accelerator
         n_local = int(local_indices.numel())
         # A rank with no scenes in a short global batch still joins DDP's all-reduce, with weight 0.
         indices = local_indices if n_local else torch.zeros(1, dtype=torch.int64)
-        batch = simulate(self.system, indices, cfg.data.seed, cfg.data.train_split, device=acc.device)
+        batch = simulate(self.system, indices, cfg.data.seed, cfg.data.train_split, device=acc.device,
+                         errors=self.scene_errors)
         with self.backend.no_sync(last):
             with self.backend.autocast():
                 out = self.model(batch.y, batch.H, batch.codes, batch.snr_db)
             result = compute_loss(out, batch, self.system, beta, cfg.loss, weights)
-            # Sum over this rank's scenes / global count: DDP's mean over ranks then equals the
-            # global-batch mean on any world size.
-            share = n_local * self.world / (global_count * cfg.optim.grad_accum_steps)
+            # Sum over this rank's scenes / the step's global count (every micro-batch of it): the
+            # mean over ranks (DDP, ZeRO) and micro-batches is then the mean over every scene of the
+            # step, on any world size, and a short last step weighs only what it had.
+            share = n_local * self.world / step_count
             loss = result.total * share
             if self.world > 1:
                 # Keeps an unused head in the graph so DDP never waits for its gradients; its
@@ -190,9 +199,10 @@ class Trainer:
             if inject is not None and isinstance(self.backend, DeepSpeedBackend):
                 loss = loss * inject
             self.backend.backward(loss)
-        raw = {k: float(v.detach()) for k, v in result.raw.items()}
-        weighted = {f"w_{k}": float(v.detach()) for k, v in result.weighted.items()}
-        return raw | weighted | {"total": float(result.total.detach())}
+        named = {**result.raw, **{f"w_{k}": v for k, v in result.weighted.items()}, "total": result.total}
+        values = torch.stack([torch.as_tensor(v, device=acc.device).detach().reshape(()).to(torch.float64)
+                              for v in named.values()])
+        return list(named), values * n_local
 
     def _optimizer_step(self, micro_batches: list[tuple[torch.Tensor, int]]) -> tuple[GateDecision, dict[str, float],
                                                                                        float]:
@@ -200,26 +210,27 @@ class Trainer:
         step = self.state.step + 1
         weights, beta = weights_at(self.state.base_weights, cfg.ramps, step), cfg.beta.value(step)
         inject = self._inject_value(step)
-        sums: dict[str, float] = {}
-        for i, (local, global_count) in enumerate(micro_batches):
-            out = self._micro_step(local, global_count, weights, beta, last=i == len(micro_batches) - 1,
-                                   inject=inject)
-            n_local = float(local.numel())
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v * n_local
-        losses = self._global_means(sums, sum(count for _, count in micro_batches), step)
+        step_count = sum(count for _, count in micro_batches)
+        sums = None
+        for i, (local, _) in enumerate(micro_batches):
+            keys, values = self._micro_step(local, step_count, weights, beta, last=i == len(micro_batches) - 1,
+                                            inject=inject)
+            sums = values if sums is None else sums + values
+        # Step-number based, so every rank takes the same branch (ZeRO-3 gathers are collectives).
+        log_now = self._is_log_step(step)
+        losses = self._global_means(keys, sums, step_count) if log_now else None
+        if log_now:
+            self.scene_errors.raise_if_any()
         if inject is not None and isinstance(self.backend, TorchBackend):
             self.backend.inject_nonfinite(inject)
         grad_norm, found_inf = self.backend.grad_norm_and_found_inf()
-        decision = step_gate(grad_norm, found_inf)
-        # Step-number based, so every rank takes the same branch (ZeRO-3 gathers are collectives).
-        log_now = step % cfg.log.every_steps == 0 or step == 1
+        decision = step_gate(grad_norm, found_inf, self.accelerator.device, self.preempt.local_signal())
         before = None
         if log_now and decision.step:
             with self.backend.full_parameters() as params:
                 before = [p.detach().float().clone() for p in params]
         if decision.step:
-            self.backend.step(cfg.optim.grad_clip)
+            self.backend.step(cfg.optim.grad_clip, grad_norm)
             self.scheduler.step()
             self.state.real_steps += 1
             for averaged in (self.ema, self.swa):
@@ -236,18 +247,21 @@ class Trainer:
         if not decision.step:
             log_skip(self.accelerator.process_index, step, decision.reason, sum(self.state.skipped.values()),
                      self.backend.loss_scale())
+            if losses is None:  # a skip is logged on every rank, with this rank's means
+                local_count = max(1, sum(int(local.numel()) for local, _ in micro_batches))
+                losses = dict(zip(keys, (sums / local_count).tolist()))
         self.state.step = step
-        return decision, losses | {"beta": beta, "beta_localize": cfg.beta.localize_value(step),
+        return decision, (losses or {}) | {"beta": beta, "beta_localize": cfg.beta.localize_value(step),
                                    **{k: v for k, v in dataclasses.asdict(weights).items()}}, delta
 
-    def _global_means(self, sums: dict[str, float], global_count: int, step: int) -> dict[str, float]:
-        """Scene-weighted means over all ranks, on logging steps (step-based: all ranks reduce)."""
-        if not (step % self.cfg.log.every_steps == 0 or step == 1) or self.world == 1:
-            return {k: v / global_count for k, v in sums.items()}
-        keys = sorted(sums)
-        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
-        t = self.accelerator.reduce(t, reduction="sum").cpu()
-        return {k: float(v) / global_count for k, v in zip(keys, t)}
+    def _is_log_step(self, step: int) -> bool:
+        return step % self.cfg.log.every_steps == 0 or step == 1
+
+    def _global_means(self, keys: list[str], sums: torch.Tensor, global_count: int) -> dict[str, float]:
+        """Scene-weighted means over all ranks (a collective: logging steps only, on every rank)."""
+        if self.world > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        return dict(zip(keys, (sums / global_count).tolist()))
 
     # -- the loop ----------------------------------------------------------------
     def begin(self) -> None:
@@ -285,16 +299,14 @@ class Trainer:
                     break
             if not micro:
                 break
-            self.step_once(micro)
+            decision = self.step_once(micro)
             bar.update(1)
             step = self.state.step
             if (cfg.val.every_steps and step % cfg.val.every_steps == 0) or (not cfg.val.every_steps and epoch_end):
                 stop = self._validate_and_track() or stop
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
                 self._save()
-            if step == cfg.debug.preempt_at_step and acc.is_main_process:
-                self.preempt.trigger(signal.SIGUSR1)  # as if SLURM's signal had reached rank 0 only
-            preempt_signal = self.preempt.synced_signal()
+            preempt_signal = decision.preempt_signal  # agreed on in the gate's all-reduce
             if preempt_signal:
                 logger.warning("preemption requested: saving at step %d and exiting for requeue", step)
                 self._save()
@@ -303,6 +315,7 @@ class Trainer:
                         {"step": step, "signal": preempt_signal, "exit_code": EXIT_REQUEUE}))
                 exit_code, stop = EXIT_REQUEUE, True
         bar.close()
+        self.scene_errors.raise_if_any()
         if exit_code == EXIT_OK:
             exit_code = self._finish()
         self._log_digest()
@@ -313,6 +326,9 @@ class Trainer:
         """One optimizer step with its instrumentation: what the loop (and the train-step bench) runs."""
         if self.cfg.debug.record_indices:
             record_indices(self.run_dir, self.accelerator.process_index, self.state.step + 1, self.state.epoch, micro)
+        if self.state.step + 1 == self.cfg.debug.preempt_at_step and self.accelerator.is_main_process:
+            # As if SLURM's signal had reached rank 0 only, before this step's gate carries it.
+            self.preempt.trigger(signal.SIGUSR1)
         decision, losses, delta = self._optimizer_step(micro)
         self._samples += sum(count for _, count in micro)
         self._log_step(decision, losses, delta, self._samples / max(time.perf_counter() - self._t0, 1e-9))
@@ -322,7 +338,7 @@ class Trainer:
         latest = ckpt.latest_valid(self.ckpt_dir) if self.cfg.checkpoint.resume else None
         if latest is None:
             return
-        saved = ckpt.load(self.accelerator, latest)
+        saved = ckpt.load(self.accelerator, latest, self.world, self.backend.name)
         self.state = TrainerState(**saved["trainer"])
         logger.info("resumed from %s at step %d (epoch %d, position %d)", latest, self.state.step,
                     self.state.epoch, self.state.position)
@@ -415,8 +431,9 @@ class Trainer:
 
     def _save(self) -> None:
         kill = self.cfg.debug.kill_during_save_step == self.state.step
-        ckpt.save(self.accelerator, self.ckpt_dir, self.state.step, {"trainer": dataclasses.asdict(self.state)},
-                  self.cfg.checkpoint.keep_last, kill_before_rename=kill)
+        state = {"trainer": dataclasses.asdict(self.state), "world_size": self.world, "backend": self.backend.name}
+        ckpt.save(self.accelerator, self.ckpt_dir, self.state.step, state, self.cfg.checkpoint.keep_last,
+                  kill_before_rename=kill)
         if self.accelerator.is_main_process:
             (self.run_dir / "preempted.json").unlink(missing_ok=True)
 

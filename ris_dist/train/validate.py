@@ -75,6 +75,9 @@ def validate(accelerator, model, backend, system: SystemConfig, cfg, loader, bet
             "k_true": batch.num_sources,
             "k_head": out.k_logits.float().argmax(-1) + 1,
         }
+        if cfg.debug.fail_validation_on_rank == accelerator.process_index:
+            raise RuntimeError(f"MUSIC failed on rank {accelerator.process_index} (injected by "
+                               "debug.fail_validation_on_rank)")
         if cfg.val.localize:
             R_music = R_eff if localize_beta == beta else effective_covariance(out.R_pred, batch.R_samp, localize_beta)
             fields.update(_localize_fields(system, cfg, R_music, batch, fields["k_head"], out.k_logits))
