@@ -224,7 +224,10 @@ class DeepSpeedBackend:
         """
         opt = self.engine.optimizer
         grads = [g.detach() for group in opt.averaged_gradients.values() if group is not None for g in group]
-        local = (torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).to(self.device, torch.float64)
+        # float32 norms: under fp16 the scaled gradients' norms pass 65504, and an fp16 norm would be
+        # inf where DeepSpeed's own overflow check (on the elements) sees none.
+        local = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32)
+                                                       for g in grads])).to(self.device, torch.float64)
                  if grads else torch.zeros((), dtype=torch.float64, device=self.device))
         squares = _all_reduce_(local.square().reshape(1), dist.ReduceOp.SUM)
         norm = squares.sqrt().reshape(()) / getattr(opt, "loss_scale", 1.0)  # fp16: the grads are scaled
