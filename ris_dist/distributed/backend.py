@@ -260,14 +260,17 @@ class DeepSpeedBackend:
         for key in opt.averaged_gradients:
             opt.averaged_gradients[key] = None
 
-    def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """The module's weights from the fp32 master copy (what best/ exports whatever the engine's dtype)."""
+    def export_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The module's weights from the fp32 master copy (what best/ exports whatever the engine's dtype).
+
+        Every rank must call it; under ZeRO-3 only the main process gets the dict (others None).
+        """
         from deepspeed.utils import safe_get_full_fp32_param
 
         state = self.accelerator.get_state_dict(self.engine)
         for name, p in self.engine.module.named_parameters():
             full = safe_get_full_fp32_param(p)  # a collective under ZeRO: every rank, same order
-            if full is not None:
+            if state is not None and full is not None:
                 state[name] = full
         return state
 
