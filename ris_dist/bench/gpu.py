@@ -108,8 +108,8 @@ def stage_gates(plan: Plan, out: Path, seconds: float, context: dict[str, Any]) 
 
     cuda = torch.cuda.is_available()
     inject_rank = plan.world - 1
-    inject = f"debug.inject_nonfinite_grad={{ranks: [{inject_rank}], steps: [{', '.join(map(str, plan.inject_steps))}], " \
-             "value: inf}"
+    steps = ", ".join(map(str, plan.inject_steps))
+    inject = f"debug.inject_nonfinite_grad={{ranks: [{inject_rank}], steps: [{steps}], value: inf}}"
     cmds, specs, runs = [], [], []
     for system in plan.gate_systems:
         for backend, amp in plan.gate_backends:
@@ -141,14 +141,19 @@ def stage_gates(plan: Plan, out: Path, seconds: float, context: dict[str, Any]) 
                     result.get("digests_agree"), f" scale_fell={result['loss_scale_fell']}"
                     if "loss_scale_fell" in result else "")
     ran = [r for r in runs if "returncode" in r]
-    ok = bool(ran) and all(r["returncode"] == 0 and r["gates_agree"] and r["skips_at_injected"] and r["digests_agree"]
-                           and r.get("loss_scale_fell", True) for r in ran)
-    return {"status": "ok" if ok else "failed", "all_gates_agree": all(r.get("gates_agree") for r in ran),
-            "world_size": plan.world, "runs": runs,
-            **({} if ok else {"error": next((f"{r['system']}/{r['backend']}: {r.get('error', 'checks failed')}"
-                                            for r in ran if r.get("returncode") != 0 or not r.get("gates_agree")
-                                            or not r.get("skips_at_injected") or not r.get("digests_agree")
-                                            or not r.get("loss_scale_fell", True)), "no run")})}
+    bad = [r for r in ran if not _gate_run_ok(r)]
+    result = {"status": "ok" if ran and not bad else "failed", "world_size": plan.world,
+              "all_gates_agree": all(r.get("gates_agree") for r in ran), "runs": runs}
+    if bad or not ran:
+        result["error"] = f"{bad[0]['system']}/{bad[0]['backend']}: {bad[0].get('error', 'checks failed')}" \
+            if bad else "no run"
+    return result
+
+
+def _gate_run_ok(r: dict[str, Any]) -> bool:
+    """Exit 0, agreeing ranks, the injected steps skipped, equal digests, and under fp16 a falling scale."""
+    return (r["returncode"] == 0 and r.get("gates_agree") and r.get("skips_at_injected") and r.get("digests_agree")
+            and r.get("loss_scale_fell", True))
 
 
 def _worker(stage: str, out: Path, seconds: float, args: list[str]) -> dict[str, Any]:
@@ -200,8 +205,9 @@ def stage_curriculum(plan: Plan, out: Path, seconds: float, context: dict[str, A
         share = left / (len(phases) - i)
         steps = _curriculum_steps(plan, share, batch, context.get("step_s", {}))
         overrides = [*base, f"output_dir={out / 'curriculum'}", "run_name=full", f"max_steps={steps}",
-                     f"data.val_scenes={plan.curriculum_val_scenes}", "gate.enforce=false", f"log.every_steps={max(1, steps // 20)}",
-                     "log.progress_bar=false", "checkpoint.every_steps=0", "checkpoint.resume=false"]
+                     f"data.val_scenes={plan.curriculum_val_scenes}", "gate.enforce=false",
+                     f"log.every_steps={max(1, steps // 20)}", "log.progress_bar=false", "checkpoint.every_steps=0",
+                     "checkpoint.resume=false"]
         if plan.curriculum_launch:
             cmd = _launch(plan.curriculum_launch[0], 1, 29700 + i)
         else:
