@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS=-rs` (.ci/run lists every skip that way).
 PYTEST_ARGS ?=
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test demo bench clean gpu-check
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: install
 
 demo: install
 	$(PY) -m ris_dist.demo
+
+# The GPU acceptance run (docs/results/gpu/README.md): needs no venv, only a CUDA machine's python3.
+GPU_OUT ?= gpu-check
+gpu-check:
+	python3 -m ris_dist.bench gpu --out "$(GPU_OUT)"
 
 clean:
 	rm -rf $(VENV) runs reports

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m ris_dist.bench <name> [options]`` (simulate, localize, train-step, scaling).
+"""Benchmarks: ``python -m ris_dist.bench <name> [options]`` (simulate, localize, train-step, scaling, gpu).
 
 Each benchmark is a submodule exposing ``add_arguments(parser)`` and ``run(args) -> dict``;
 ``__main__`` prints the dict as indented JSON on stdout.
@@ -10,4 +10,5 @@ BENCHES: dict[str, str] = {
     "localize": "localize",
     "train-step": "train_step",
     "scaling": "scaling",
+    "gpu": "gpu",
 }

@@ -92,6 +92,7 @@ class TorchBackend:
         self.device_type = accelerator.device.type
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_dtype]
         self.scaler = torch.amp.GradScaler(self.device_type, init_scale=init_scale) if amp_dtype == "fp16" else None
+        self._backoff = False
 
     @property
     def is_ddp(self) -> bool:
@@ -122,16 +123,13 @@ class TorchBackend:
 
     def grad_norm_and_found_inf(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The global norm and found_inf as tensors on ``accelerator.device``; nothing read on the host."""
-        found_inf = torch.zeros((), device=self.device)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-            # Per-rank found_inf would let ranks update their scales differently; make the
-            # scaler's own record global so scaler.step/update agree everywhere.
-            state = self.scaler._per_optimizer_states[id(self.optimizer)]
-            for flag in state["found_inf_per_device"].values():
-                _all_reduce_(flag, dist.ReduceOp.MAX)
-                found_inf = torch.maximum(found_inf, flag.detach().reshape(()).to(self.device))
-        return total_grad_norm(self.model.parameters(), self.device), found_inf
+        if self.scaler is None:
+            return total_grad_norm(self.model.parameters(), self.device), torch.zeros((), device=self.device)
+        self.scaler.unscale_(self.optimizer)
+        norm = total_grad_norm(self.model.parameters(), self.device)
+        # found_inf from the unscaled gradients' finiteness, the same test GradScaler makes;
+        # the gate MAX-reduces it, and skip()/finish_step() move every rank's scale together.
+        return norm, (~torch.isfinite(norm)).float().reshape(())
 
     def inject_nonfinite(self, value: float) -> None:
         """Corrupt this rank's gradients after the DDP sync: the case DDP cannot catch."""
@@ -150,13 +148,27 @@ class TorchBackend:
         else:
             self.optimizer.step()
 
-    def skip(self) -> None:
-        pass  # finish_step zeroes the grads either way
+    def skip(self, found_inf: bool) -> None:
+        self._backoff = found_inf  # finish_step zeroes the grads either way
 
     def finish_step(self) -> None:
         if self.scaler is not None:
-            self.scaler.update()
+            if self._backoff:
+                self._back_off_scale()
+            else:
+                # The gate saw no overflow on any rank, so no rank's scaler recorded one either.
+                self.scaler.update()
+        self._backoff = False
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _back_off_scale(self) -> None:
+        """What ``scaler.update()`` does after an overflow, on every rank, even one whose own gradients were finite."""
+        state = self.scaler.state_dict()
+        self.scaler.update(new_scale=float(state["scale"] * state["backoff_factor"]))
+        self.scaler.load_state_dict({**self.scaler.state_dict(), "_growth_tracker": 0})
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.accelerator.get_state_dict(self.model)
 
     def loss_scale(self) -> float | None:
         return float(self.scaler.get_scale()) if self.scaler is not None else None
@@ -221,7 +233,10 @@ class DeepSpeedBackend:
         """
         opt = self.engine.optimizer
         grads = [g.detach() for group in opt.averaged_gradients.values() if group is not None for g in group]
-        local = (torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).to(self.device, torch.float64)
+        # float32 norms: under fp16 the scaled gradients' norms pass 65504, and an fp16 norm would be
+        # inf where DeepSpeed's own overflow check (on the elements) sees none.
+        local = (torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32)
+                                                       for g in grads])).to(self.device, torch.float64)
                  if grads else torch.zeros((), dtype=torch.float64, device=self.device))
         squares = _all_reduce_(local.square().reshape(1), dist.ReduceOp.SUM)
         norm = squares.sqrt().reshape(()) / getattr(opt, "loss_scale", 1.0)  # fp16: the grads are scaled
@@ -257,12 +272,34 @@ class DeepSpeedBackend:
     def finish_step(self) -> None:
         pass
 
-    def skip(self) -> None:
+    def skip(self, found_inf: bool) -> None:
         """Drop this step's gradients the way DeepSpeed's own overflow skip does."""
+        if found_inf and self.engine.fp16_enabled():
+            # The engine's own overflow path: it sees the same non-finite gradients, skips the
+            # update, zeroes them and backs its loss scale off, exactly as without the gate.
+            self.engine.step()
+            if self.engine.was_step_applied():
+                raise RuntimeError("DeepSpeed applied a step the gate rejected as an fp16 overflow "
+                                   "(its overflow check disagrees with the gate's)")
+            return
         opt = self.engine.optimizer
         opt.zero_grad(set_to_none=True)
         for key in opt.averaged_gradients:
             opt.averaged_gradients[key] = None
+
+    def export_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The module's weights from the fp32 master copy (what best/ exports whatever the engine's dtype).
+
+        Every rank must call it; under ZeRO-3 only the main process gets the dict (others None).
+        """
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        state = self.accelerator.get_state_dict(self.engine)
+        for name, p in self.engine.module.named_parameters():
+            full = safe_get_full_fp32_param(p)  # a collective under ZeRO: every rank, same order
+            if state is not None and full is not None:
+                state[name] = full
+        return state
 
     def loss_scale(self) -> float | None:
         opt = self.engine.optimizer

@@ -183,6 +183,10 @@ class CovarianceNet(nn.Module):
                 parts.append(_re_im(f["x"].transpose(-1, -2)))  # [B, N, 2L]
             elem = torch.cat(parts, dim=-1)
             glob = torch.cat([(snr_db.to(torch.float32) / 10.0)[:, None], f["eig"]], dim=-1)[:, None, :]
+        # A DeepSpeed engine casts the weights to bf16/fp16 and does not autocast: the float32
+        # features meet the embedding in its dtype (a no-op in float32 and under autocast).
+        dtype = self.type_embed.weight.dtype
+        elem, glob = elem.to(dtype), glob.to(dtype)
         kinds = self.type_embed(torch.arange(2, device=elem.device))
         pos = self.pos_embed(torch.arange(self.N, device=elem.device))
         t_elem = self.elem_embed(elem) + pos + kinds[0]

@@ -1,8 +1,8 @@
 """Atomic, resumable checkpoints.
 
-Every rank takes part in ``accelerator.save_state`` (model, optimizer, scaler, RNG states,
-and the registered scheduler/EMA/SWA), into a temporary folder. The main process then
-writes ``trainer_state.json`` (step, epoch, stream position, gate counters, and the world
+Every rank takes part in ``accelerator.save_state`` (model, optimizer, RNG states, and the
+registered scheduler, fp16 GradScaler, EMA and SWA), into a temporary folder. The main process
+then writes ``trainer_state.json`` (step, epoch, stream position, gate counters, and the world
 size and backend that wrote it), fsyncs,
 renames the folder into place and writes the ``COMPLETE`` marker last. A folder without
 the marker is never loaded, so a crash mid-save resumes from the previous checkpoint.
@@ -177,10 +177,11 @@ def load(accelerator, path: Path, world_size: int, backend: str) -> dict[str, An
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Model weights only (for init_from and inference), written atomically."""
+    """Model weights only (for init_from and inference), in float32 whatever the training precision, written atomically."""
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / f".{BEST_WEIGHTS}.tmp"
-    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
+    torch.save({k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+                for k, v in state_dict.items()}, tmp)
     (path / "meta.json").write_text(json.dumps(meta, indent=1))
     os.replace(tmp, path / BEST_WEIGHTS)
 

@@ -18,11 +18,13 @@ import signal
 import time
 
 import torch
+import torch.distributed as dist
 
 from ..config import ConfigError, load_system
 from ..data.sampler import GlobalIndexStream
 from ..distributed.backend import DeepSpeedBackend, TorchBackend, configure_deepspeed, make_accelerator, using_deepspeed
 from ..distributed.gate import GateDecision, step_gate
+from ..distributed.precision import check_launch_precision, deepspeed_precision_blocks, read_deepspeed_json
 from ..distributed.preempt import PreemptionFlag
 from ..localize import SuccessTable
 from ..losses import LossWeights, compute_loss, format_selftest, selftest
@@ -71,6 +73,7 @@ class TrainerState:
 class Trainer:
     def __init__(self, cfg: TrainConfig, preempt: PreemptionFlag | None = None):
         self.cfg = cfg
+        check_launch_precision(cfg.amp.dtype)
         self.accelerator = make_accelerator(cfg.dist.timeout_s, cfg.optim.grad_accum_steps,
                                             log_with=build_trackers(cfg) or None)
         acc = self.accelerator
@@ -98,15 +101,18 @@ class Trainer:
         if using_deepspeed():
             configure_deepspeed(acc.state.deepspeed_plugin.deepspeed_config, self.global_batch, self.world,
                                 cfg.optim.grad_accum_steps, cfg.optim.grad_clip)
-        if using_deepspeed() and (cfg.ema.enabled or cfg.swa.enabled or cfg.amp.dtype != "none"):
-            raise ConfigError("ema/swa/amp.dtype: not supported under DeepSpeed here (set them in the DeepSpeed "
-                              "JSON, or use DDP)")
+            acc.state.deepspeed_plugin.deepspeed_config.update(
+                deepspeed_precision_blocks(*read_deepspeed_json(), cfg.amp.dtype, cfg.amp.init_scale))
+        if using_deepspeed() and (cfg.ema.enabled or cfg.swa.enabled):
+            raise ConfigError("ema/swa: not supported under DeepSpeed here (use DDP)")
         self.model, self.optimizer = acc.prepare(model, optimizer)
         if using_deepspeed():
             self.backend = DeepSpeedBackend(acc, self.model)
         else:
             self.backend = TorchBackend(acc, self.model, self.optimizer, cfg.amp.dtype, cfg.amp.init_scale)
         acc.register_for_checkpointing(self.scheduler)
+        if self.backend.scaler is not None:
+            acc.register_for_checkpointing(self.backend.scaler)  # a requeued fp16 run keeps its loss scale
         self.ema = self._averaged(model, cfg.ema, ema=True)
         self.swa = self._averaged(model, cfg.swa, ema=False)
         self.state = TrainerState()
@@ -139,8 +145,11 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
         lr, mult = cfg.optim.lr, cfg.optim.head_lr_mult
-        logger.info("run %s phase %s on %d process(es), backend=%s, device=%s", cfg.run_name, cfg.phase,
-                    self.world, self.backend.name, acc.device)
+        group = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+        logger.info("run %s phase %s on %d process(es), backend=%s, device=%s, process_group=%s", cfg.run_name,
+                    cfg.phase, self.world, self.backend.name, acc.device, group)
+        logger.info("[AMP] dtype=%s params=%s loss_scale=%s", cfg.amp.dtype,
+                    next(iter(self.backend.parameters())).dtype, self.backend.loss_scale())
         logger.info("Backbone: %.1fM @ LR=%.2e", counts["backbone"] / 1e6, lr)
         logger.info("Head: %.1fM @ LR=%.2e (%.1f×)", counts["head"] / 1e6, lr * mult, mult)
         weights = dataclasses.asdict(cfg.loss.weights)
@@ -227,7 +236,7 @@ class Trainer:
                 if averaged is not None and (averaged is self.ema or step >= cfg.swa.start_step):
                     averaged.update_parameters(self.accelerator.unwrap_model(self.model))
         else:
-            self.backend.skip()
+            self.backend.skip(decision.found_inf)
             self.state.skipped[decision.reason] += 1
         self.backend.finish_step()
         delta = 0.0
@@ -403,7 +412,7 @@ class Trainer:
     def _save_best(self, metrics: dict[str, float], folder: str = "best", model=None) -> None:
         validated = model is None
         model = model if model is not None else self._eval_model()
-        state_dict = self.accelerator.get_state_dict(model) if model is self.model else model.state_dict()
+        state_dict = self.backend.export_state_dict() if model is self.model else model.state_dict()
         # The K̂ table is calibrated on the validated model; another one (SWA) is served with argmax.
         k_decision = self.cfg.val.k_decision if validated else "map"
         if k_decision != self.cfg.val.k_decision:
