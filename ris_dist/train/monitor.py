@@ -25,6 +25,9 @@ def setup_logging(is_main: bool, rank: int) -> None:
     fmt = f"%(asctime)s [rank{rank}] %(message)s"
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format=fmt, datefmt="%H:%M:%S",
                         force=True)
+    # Accelerate logs every file of every save_state/load_state at INFO: a few lines per
+    # checkpoint that bury the run's own lines in a SLURM log.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
 
 
 def _jsonable(value: Any) -> Any:

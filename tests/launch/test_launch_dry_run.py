@@ -62,7 +62,7 @@ def test_dry_run_needs_no_slurm_on_path(tmp_path):
         assert script, f"phase {p}: no sbatch script / command in the dry run"
         assert f"#SBATCH --job-name=ris-default-phase{p}" in script.group(1)
         assert "srun --unbuffered" in script.group(1)
-        assert f"--config configs/phase{p}.yaml run_name=default" in script.group(2)
+        assert f"--config configs/full/phase{p}.yaml run_name=default" in script.group(2)  # example_gpu: recipe full
     assert out.count("#!/bin/bash") == 4
 
 
