@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from .config import ProfileConfig
+from .run_config import ProfileConfig
 from .trackers import TENSORBOARD_DIR
 
 logger = logging.getLogger("ris_dist.train")

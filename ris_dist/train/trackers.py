@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError
-from .config import TRACKER_EXTRAS
+from .run_config import TRACKER_EXTRAS
 
 if TYPE_CHECKING:
     from accelerate.tracking import GeneralTracker
