@@ -73,3 +73,17 @@ def test_a_tracker_without_its_package_is_a_one_line_error_naming_the_extra(tmp_
         "error: log.trackers: wandb is not installed; install it with pip install 'ris_dist[wandb]' "
         "(or pip install wandb)"]
     assert not (tmp_path / "default").exists()
+
+
+def test_mlflow_without_a_tracking_uri_is_a_one_line_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    code = ("import sys\n"
+            "from ris_dist.train.__main__ import main\n"
+            f"code = main(['--config', 'configs/phase0.yaml', 'output_dir={tmp_path}', 'log.trackers=[mlflow]'])\n"
+            "print('exit', code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.stdout.split() == ["exit", "2", "False"], proc.stdout + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: log.trackers: mlflow needs MLFLOW_TRACKING_URI"), lines
+    assert not (tmp_path / "default").exists()

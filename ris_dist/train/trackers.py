@@ -9,6 +9,7 @@ logs through ``accelerator.log``. A tracker whose package is missing is a one-li
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError
@@ -36,6 +37,11 @@ def require_tracker_packages(trackers: list[str]) -> None:
                 raise  # the package is there but broken: its own error says more
             raise ConfigError(f"log.trackers: {name} is not installed; install it with "
                               f"pip install 'ris_dist[{extra}]' (or pip install {extra})") from None
+        if name == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):
+            # MLflow's own default (a SQLite file in the working directory) needs SQLAlchemy,
+            # which mlflow-skinny lacks, and fails deep inside the first log call.
+            raise ConfigError("log.trackers: mlflow needs MLFLOW_TRACKING_URI (a tracking server URL, or "
+                              "file:/path/to/mlruns with MLFLOW_ALLOW_FILE_STORE=true)")
 
 
 def build_trackers(cfg: TrainConfig) -> list[GeneralTracker]:
