@@ -220,6 +220,15 @@ class SlurmCluster:
         keys = fields.split(",")
         return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line.strip()]
 
+    def sacct_filled(self, job_id: str, field: str, timeout: float = 30.0) -> str:
+        """The job's `field` once slurmdbd has recorded it. slurmctld sends job records to the
+        database asynchronously, so a field such as AllocTRES can read empty for a moment after
+        the job has already finished."""
+        def read() -> str:
+            rows = self.sacct(job_id, f"JobID,{field}")
+            return rows[0][field] if rows else ""
+        return _wait(read, timeout, lambda: f"sacct {field} of job {job_id} (now {read()!r})", poll=0.5)
+
     def state(self, job_id: str) -> str:
         rows = self.sacct(job_id, "JobID,State")
         return rows[-1]["State"].split()[0] if rows else "UNKNOWN"

@@ -208,5 +208,5 @@ def test_gpu_flags_get_a_gres_allocation(slurm_cluster, tmp_path):
     job = ex.submit(submitit.helpers.CommandFunction(["env"]))
     env = dict(line.split("=", 1) for line in job.result().splitlines() if "=" in line)
     assert env.get("CUDA_VISIBLE_DEVICES") == "0,1", sorted(k for k in env if "GPU" in k or "CUDA" in k)
-    tres = slurm_cluster.sacct(job.job_id, "JobID,AllocTRES")[0]["AllocTRES"]
+    tres = slurm_cluster.sacct_filled(job.job_id, "AllocTRES")
     assert "gres/gpu=2" in tres, tres
