@@ -1,4 +1,5 @@
-"""Benchmarks: ``python -m ris_dist.bench <name> [options]`` (simulate, localize, train-step, scaling, gpu).
+"""Benchmarks: ``python -m ris_dist.bench <name> [options]`` (simulate, localize, train-step, scaling,
+learnability, gpu).
 
 Each benchmark is a submodule exposing ``add_arguments(parser)`` and ``run(args) -> dict``;
 ``__main__`` prints the dict as indented JSON on stdout.
@@ -10,5 +11,6 @@ BENCHES: dict[str, str] = {
     "localize": "localize",
     "train-step": "train_step",
     "scaling": "scaling",
+    "learnability": "learnability",
     "gpu": "gpu",
 }

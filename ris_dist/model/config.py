@@ -40,6 +40,14 @@ class ModelConfig:
     """Hidden width of the source-count head MLP (mean of the final tokens -> K_max logits)."""
     snapshot_features: bool = True
     """Append the back-projected snapshots x̂_{1..L}[n] (re/im) to element token n."""
+    candidates: int = 0
+    """m: steering candidates from the Bartlett spectrum Σ_l |a(η)^H x̂_l|² on a (u, w, 1/r)
+    grid, its m highest local maxima (3×3×3 non-maximum suppression). Element token n gets
+    √N·a_n(η_j) (re/im) of each, the global token their relative spectrum values. 0 turns
+    them off. They give the network a phase reference per element where R_samp has none
+    (docs/full_recipe.md, "Why full-lite did not fit")."""
+    candidate_spacing_cells: float = 0.5
+    """Grid step of the candidate search in resolution cells per axis."""
 
     def __post_init__(self) -> None:
         for key in ("width", "depth", "heads", "ffn_mult", "cov_head_hidden", "cov_head_layers", "k_head_hidden"):
@@ -49,6 +57,10 @@ class ModelConfig:
         check(isinstance(self.snapshot_features, bool), "snapshot_features", self.snapshot_features,
               "must be true or false")
         check(self.rank >= 1, "rank", self.rank, "the factor rank r must be >= 1")
+        check(isinstance(self.candidates, int) and self.candidates >= 0, "candidates", self.candidates,
+              "must be an integer >= 0")
+        check(math.isfinite(self.candidate_spacing_cells) and self.candidate_spacing_cells > 0,
+              "candidate_spacing_cells", self.candidate_spacing_cells, "must be > 0")
         check(math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", self.dropout,
               "must satisfy 0 <= p < 1")
 
@@ -61,13 +73,17 @@ class ModelConfig:
 #   full-lite on the full system: ~1.3M parameters, the same architecture at a quarter of the
 #   width and half the depth of full, for the whole full-physics curriculum on a CPU
 #   (docs/full_recipe.md). rank 8 >= K_max = 5 as in full.
+#   Both full-system presets take 8 Bartlett steering candidates: without them the network did not
+#   fit 512 full scenes (python -m ris_dist.bench learnability; docs/full_recipe.md).
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(width=96, depth=3, heads=4, rank=4, dropout=0.0, ffn_mult=4,
                  cov_head_hidden=256, cov_head_layers=2, k_head_hidden=64, snapshot_features=True),
     "full": dict(width=256, depth=8, heads=8, rank=8, dropout=0.0, ffn_mult=4,
-                 cov_head_hidden=2048, cov_head_layers=3, k_head_hidden=256, snapshot_features=True),
+                 cov_head_hidden=2048, cov_head_layers=3, k_head_hidden=256, snapshot_features=True,
+                 candidates=8),
     "full-lite": dict(width=128, depth=4, heads=4, rank=8, dropout=0.0, ffn_mult=4,
-                      cov_head_hidden=512, cov_head_layers=2, k_head_hidden=128, snapshot_features=True),
+                      cov_head_hidden=512, cov_head_layers=2, k_head_hidden=128, snapshot_features=True,
+                      candidates=8),
 }
 
 
