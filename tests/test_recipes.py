@@ -11,7 +11,6 @@ import torch
 from ris_dist.config import ConfigError, load_system
 from ris_dist.launch.recipe import RECIPES, check_recipe, recipe_config
 from ris_dist.model import build_model, model_config
-from ris_dist.model.config import MODEL_PRESETS
 from ris_dist.train import checkpoint as ckpt
 from ris_dist.train.config import load_train_config
 
@@ -27,7 +26,7 @@ def test_recipe_phases_chain_on_one_system(recipe):
     cfgs = [load_train_config(recipe_config(recipe, p), []) for p in range(4)]
     for p, cfg in enumerate(cfgs):
         assert (cfg.phase, cfg.system) == (f"phase{p}", system_name)
-        assert dataclasses.asdict(cfg.model) == {**MODEL_PRESETS[preset], "dropout": 0.0}
+        assert cfg.model == model_config(preset, dropout=0.0)
         if p:
             assert (cfg.init_from, cfg.previous_phase) == ("auto", f"phase{p - 1}")
             assert cfg.beta.localize == 0.5 and cfg.val.localize and cfg.val.primary == "k_loc"
@@ -137,4 +136,4 @@ def test_bench_system_option_trains_that_system_and_preset():
     for system, preset, want in (("full", "", "full"), ("full", "full-lite", "full-lite")):
         cfg = load_train_config("configs/phase0.yaml", system_overrides(system, preset))
         assert cfg.system == "full"
-        assert dataclasses.asdict(cfg.model) == {**MODEL_PRESETS[want], "dropout": 0.0}
+        assert cfg.model == model_config(want, dropout=0.0)
