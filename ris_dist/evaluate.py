@@ -10,7 +10,9 @@ the per-snapshot model with K̂ from its order rule and ``b4_oracle_k`` with the
 through :class:`ris_dist.inference.Localizer`: ``model`` with its own K̂ (the checkpoint's
 K̂ rule), ``model_map_k`` with the K head's argmax (listed by default only when the checkpoint's
 rule is another one) and ``model_oracle_k`` with the true K; on request, ``model+ml`` refines
-``model``'s estimates on the ML likelihood (its K̂ kept). Other methods plug in through :data:`METHODS`, a registry
+``model``'s estimates on the ML likelihood (its K̂ kept) and ``model+ml_k`` also takes K̂ from
+that likelihood, the K head's probabilities as a prior (:class:`ris_dist.inference.Localizer`,
+``refine="ml_k"``). Other methods plug in through :data:`METHODS`, a registry
 of name → ``fn(batch, system) -> Estimates``. B3, the CRB, is computed once per scene and
 reported next to every RMSE.
 
@@ -125,12 +127,13 @@ MODEL_METHODS = ("model", "model_map_k", "model_oracle_k")
 """The learned model with its own K̂, with the K head's argmax and with the true K; they need
 ``--checkpoint``."""
 
-MODEL_ON_REQUEST = ("model+ml",)
-"""The learned pipeline refined on the ML likelihood (its own K̂); needs ``--checkpoint`` and is
-run only when named."""
+MODEL_ON_REQUEST = ("model+ml", "model+ml_k")
+"""The learned pipeline refined on the ML likelihood, with the K head's K̂ (``model+ml``) or K̂
+from the likelihood with the head as prior (``model+ml_k``); need ``--checkpoint`` and run only
+when named."""
 
 ML_REFINE_ITERATIONS = 4
-"""Likelihood refinement iterations of ``model+ml``."""
+"""Likelihood refinement iterations of ``model+ml`` and ``model+ml_k`` (per source count)."""
 
 
 def model_methods(localizer: Any) -> dict[str, MethodFn]:
@@ -149,7 +152,12 @@ def model_methods(localizer: Any) -> dict[str, MethodFn]:
         return localizer(batch.y, batch.H, batch.codes, batch.snr_db, refine="ml",
                          refine_iterations=ML_REFINE_ITERATIONS)
 
-    return {"model": own_k, "model_map_k": map_k, "model_oracle_k": oracle_k, "model+ml": refined}
+    def selected(batch: SceneBatch, system: SystemConfig) -> Estimates:
+        return localizer(batch.y, batch.H, batch.codes, batch.snr_db, refine="ml_k",
+                         refine_iterations=ML_REFINE_ITERATIONS)
+
+    return {"model": own_k, "model_map_k": map_k, "model_oracle_k": oracle_k, "model+ml": refined,
+            "model+ml_k": selected}
 
 
 def parse_methods(specs: Sequence[str] | None, extra: Sequence[str] = (),
@@ -364,9 +372,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="B4's search grid step in resolution cells (default: MLConfig's, 0.3)")
     p.add_argument("--ml-ap-cycles", type=int, default=None,
                    help="B4's alternating-projection rounds per source count (default: MLConfig's, 1)")
+    p.add_argument("--ml-k-penalty", type=float, default=None,
+                   help="model+ml_k: multiplier of the BIC penalty (default: SelectConfig's, 1); for dev-split sweeps")
+    p.add_argument("--ml-k-prior-weight", type=float, default=None,
+                   help="model+ml_k: weight of the K head's log-probabilities (default 1; 0 = plain BIC)")
+    p.add_argument("--ml-k-extra-starts", type=int, default=None,
+                   help="model+ml_k: MUSIC runner-up peaks scored as starts beyond k (default 2)")
     p.add_argument("--device", default=None, help="torch device for the methods and the CRB (default cpu)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
+
+
+def _select_config(args: argparse.Namespace) -> Any:
+    from .localize.ml_select import SelectConfig
+
+    knobs = {"order_penalty": args.ml_k_penalty, "prior_weight": args.ml_k_prior_weight,
+             "extra_starts": args.ml_k_extra_starts}
+    try:
+        return SelectConfig(**{k: v for k, v in knobs.items() if v is not None})
+    except ValueError as err:
+        raise EvaluateError(f"--ml-k-*: {err}") from None
 
 
 def _run(args: argparse.Namespace) -> list[Path]:
@@ -378,6 +403,9 @@ def _run(args: argparse.Namespace) -> list[Path]:
         raise EvaluateError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.beta is not None and not (args.checkpoint and 0.0 <= args.beta <= 1.0):
         raise EvaluateError(f"--beta {args.beta}: needs --checkpoint and a value in [0, 1]")
+    select_knobs = [args.ml_k_penalty, args.ml_k_prior_weight, args.ml_k_extra_starts]
+    if any(v is not None for v in select_knobs) and "model+ml_k" not in methods:
+        raise EvaluateError("--ml-k-*: only model+ml_k uses them; name it with --method (and give --checkpoint)")
     test_dir = Path(args.test_set)
     if not test_dir.is_dir():
         raise EvaluateError(f"--test-set {test_dir}: no such directory")
@@ -400,6 +428,7 @@ def _run(args: argparse.Namespace) -> list[Path]:
         localizer = Localizer.from_checkpoint(args.checkpoint, device=args.device, expect_system=system)
         if args.beta is not None:
             localizer.beta = args.beta
+        localizer.select = _select_config(args)
         if not args.method and (localizer.k_source != "head" or localizer.k_decision == "map"):
             methods.remove("model_map_k")  # by default only when it differs from ``model``
         fns.update({name: fn for name, fn in model_methods(localizer).items() if name in methods})

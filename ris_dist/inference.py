@@ -5,6 +5,7 @@
     est = loc(y, H, codes, snr_db)              # K̂ from the model's K head (or MDL, see k_source)
     est = loc(y, H, codes, snr_db, num_sources=k)  # oracle K
     est = loc(y, H, codes, snr_db, refine="ml")   # MUSIC peaks refined on the ML likelihood
+    est = loc(y, H, codes, snr_db, refine="ml_k")  # ... and K̂ from that likelihood, head as prior
 
 The K head's probabilities become K̂ by the rule the run validated with (``k_decision`` in
 meta.json: ``map`` = argmax, or ``success`` = the expected-success rule with the table
@@ -18,6 +19,10 @@ the β the run ended with. Nothing here mixes covariances on its own.
 ``refine="ml"`` (constructor default or per call) takes MUSIC's peaks on R_eff, with the K̂ above,
 as starting points of a few Fisher-scoring iterations on the stochastic ML likelihood of the
 same measurements (:func:`ris_dist.localize.ml_refine`, system_model.md "Refinement").
+``refine="ml_k"`` fits every k = 1..K_max that way, from the best k-subset of MUSIC's k + 2 best
+peaks with a k-dimensional signal subspace (knobs: ``select``, a :class:`SelectConfig`), and takes K̂ from the fits' BIC with the K head's
+probabilities as a prior (:func:`ris_dist.localize.ml_refine_select`); ``k_source="mdl"``
+drops the prior. With ``num_sources`` given, only the counts it holds are fitted.
 """
 
 from __future__ import annotations
@@ -33,8 +38,19 @@ import torch
 from .config import ConfigError, SystemConfig, load_system
 from .config.schema import build
 from .covariance import effective_covariance
-from .localize import K_DECISIONS, Estimates, KDecision, SuccessTable, choose_num_sources, localize, ml_refine
+from .localize import (
+    K_DECISIONS,
+    Estimates,
+    KDecision,
+    SuccessTable,
+    choose_num_sources,
+    localize,
+    ml_refine,
+    ml_refine_select,
+    music_candidates,
+)
 from .localize.ml_likelihood import check_shapes
+from .localize.ml_select import SelectConfig
 from .model import CovarianceNet, ModelConfig, build_model
 from .physics import sample_covariance
 from .train.checkpoint import BEST_WEIGHTS, CheckpointError, load_weights
@@ -42,8 +58,8 @@ from .train.checkpoint import BEST_WEIGHTS, CheckpointError, load_weights
 log = logging.getLogger(__name__)
 
 KSource = Literal["head", "mdl"]
-Refine = Literal["ml"] | None
-REFINE_CHOICES = (None, "ml")
+Refine = Literal["ml", "ml_k"] | None
+REFINE_CHOICES = (None, "ml", "ml_k")
 META_FILE = "meta.json"
 
 __all__ = ["CheckpointError", "KSource", "Localizer"]
@@ -105,7 +121,7 @@ class Localizer:
                  diag_loading: float = 0.0, device: torch.device | str | None = None,
                  meta: dict[str, Any] | None = None, k_decision: KDecision = "map",
                  success_table: SuccessTable | None = None, refine: Refine = None,
-                 refine_iterations: int = 4) -> None:
+                 refine_iterations: int = 4, select: SelectConfig | None = None) -> None:
         if k_source not in ("head", "mdl"):
             raise ValueError(f"k_source must be 'head' or 'mdl', got {k_source!r}")
         if k_decision not in K_DECISIONS or (k_decision == "success" and success_table is None):
@@ -128,6 +144,7 @@ class Localizer:
         self.meta = dict(meta or {})
         self.refine: Refine = refine
         self.refine_iterations = int(refine_iterations)
+        self.select = select or SelectConfig()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str | None = None,
@@ -221,14 +238,17 @@ class Localizer:
 
         ``num_sources`` ``[B]`` (oracle K) overrides the source count; otherwise K̂ comes
         from the K head (``k_source="head"``, by ``k_decision``, default the checkpoint's rule)
-        or from MDL on R_eff's eigenvalues (``"mdl"``). ``refine`` ("ml" or None; default the
-        constructor's) refines the MUSIC peaks by ``refine_iterations`` steps on the ML likelihood,
-        keeping K̂; the refined estimates stay inside the configured (φ, θ, r) box.
+        or from MDL on R_eff's eigenvalues (``"mdl"``). ``refine`` (None, "ml" or "ml_k"; default
+        the constructor's): "ml" refines the MUSIC peaks by ``refine_iterations`` steps on the ML
+        likelihood, keeping K̂; "ml_k" also takes K̂ from that likelihood (module docstring).
+        Refined estimates stay inside the configured (φ, θ, r) box.
         """
         refine = self.refine if refine == "default" else refine
         iterations = self.refine_iterations if refine_iterations is None else refine_iterations
         _check_refine(refine, iterations)
         R_eff, logits = self._forward(y, H, codes, snr_db)
+        if refine == "ml_k":
+            return self._select(R_eff, logits, y, H, codes, snr_db, num_sources, iterations).to(y.device)
         if num_sources is not None:
             k = torch.as_tensor(num_sources).to(self.device)
         elif self.k_source == "head":
@@ -241,6 +261,20 @@ class Localizer:
             est = ml_refine(est, y_, H_, codes_, snr_, self.system, iterations=iterations)
         return est.to(y.device)
 
+    def _select(self, R_eff: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, H: torch.Tensor,
+                codes: torch.Tensor, snr_db: torch.Tensor, num_sources: torch.Tensor | None,
+                iterations: int) -> Estimates:
+        """``refine="ml_k"``: every k's fit from MUSIC's starts, K̂ by the likelihood with the head's prior."""
+        kmax = self.system.max_sources
+        starts = [music_candidates(R_eff, self.system, k, k + self.select.extra_starts)
+                  for k in range(1, kmax + 1)]
+        log_prior = torch.log_softmax(logits.to(torch.float64), -1) if self.k_source == "head" else None
+        y_, H_, codes_, snr_ = self._check_inputs(y, H, codes, snr_db)
+        k = None if num_sources is None else torch.as_tensor(num_sources).to(self.device)
+        return ml_refine_select(starts, y_, H_, codes_, snr_, self.system, iterations=iterations,
+                                order_penalty=self.select.order_penalty, log_prior=log_prior,
+                                prior_weight=self.select.prior_weight, num_sources=k)
+
     def __repr__(self) -> str:
         return (f"Localizer(system={self.system.name!r}, beta={self.beta:g}, k_source={self.k_source!r}, "
                 f"k_decision={self.k_decision!r}, refine={self.refine!r}, device={str(self.device)!r})")
@@ -248,6 +282,6 @@ class Localizer:
 
 def _check_refine(refine: Any, iterations: Any) -> None:
     if refine not in REFINE_CHOICES:
-        raise ValueError(f"refine must be 'ml' or None, got {refine!r}")
+        raise ValueError(f"refine must be 'ml', 'ml_k' or None, got {refine!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"refine_iterations must be an integer >= 0, got {iterations!r}")

@@ -1,4 +1,4 @@
-"""Evaluation with B4 and ``model+ml``: on request only, time per scene, paired tests vs B1 and B4."""
+"""Evaluation with B4, ``model+ml`` and ``model+ml_k``: on request only, time per scene, paired tests vs B1 and B4."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def test_cli_model_ml_refines_the_model(tmp_path, capsys):
     from ris_dist.config import load_system
     from ris_dist.data import write_split
     from ris_dist.inference import Localizer
+    from ris_dist.localize.ml_select import SelectConfig
 
     system = load_system("tiny")
     split = tmp_path / "test"
@@ -52,11 +53,11 @@ def test_cli_model_ml_refines_the_model(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "run" / "phase2" / "best")
     out = tmp_path / "out"
     assert main(["--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(out),
-                 "--method", "model,model+ml,b1"]) == 0
+                 "--method", "model,model+ml,model+ml_k,b1"]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert list(res["methods"]) == ["model", "model+ml", "b1"]
-    assert res["methods"]["model+ml"]["seconds_per_scene"] > 0
-    assert set(res["paired"]["b1"]) == {"model", "model+ml"}
+    assert list(res["methods"]) == ["model", "model+ml", "model+ml_k", "b1"]
+    assert res["methods"]["model+ml"]["seconds_per_scene"] > 0 and res["methods"]["model+ml_k"]["seconds_per_scene"] > 0
+    assert set(res["paired"]["b1"]) == {"model", "model+ml", "model+ml_k"}
     # model+ml keeps the model's K̂ and moves its estimates (refined, inside the box)
     loc = Localizer.from_checkpoint(ckpt)
     batch = simulate(system, range(4), 0, "test")
@@ -65,7 +66,24 @@ def test_cli_model_ml_refines_the_model(tmp_path, capsys):
     assert torch.equal(plain.num_sources, refined.num_sources) and torch.equal(plain.valid, refined.valid)
     assert not torch.equal(plain.azimuth_deg, refined.azimuth_deg)
     assert bool((refined.azimuth_deg.abs() <= 60.0).all() & (refined.range_m[refined.valid] >= 0.3).all())
-    with pytest.raises(ValueError, match="refine must be 'ml' or None"):
+    # model+ml_k fits every k and chooses; told the true K it keeps it
+    selected = model_methods(loc)["model+ml_k"](batch, system)
+    assert bool((selected.num_sources >= 1).all() & (selected.num_sources <= system.max_sources).all())
+    assert bool((selected.azimuth_deg.abs() <= 60.0).all() & (selected.range_m[selected.valid] >= 0.3).all())
+    told = loc(batch.y, batch.H, batch.codes, batch.snr_db, num_sources=batch.num_sources, refine="ml_k")
+    assert torch.equal(told.num_sources, batch.num_sources)
+    with pytest.raises(ValueError, match="refine must be 'ml', 'ml_k' or None"):
         loc(batch.y, batch.H, batch.codes, batch.snr_db, refine="newton")
     assert main(["--test-set", str(split), "--method", "model+ml"]) == 2
     assert "needs --checkpoint" in capsys.readouterr().err
+    # the model+ml_k knobs: checked, and refused where nothing would use them
+    base = ["--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(tmp_path / "o2")]
+    assert main([*base, "--method", "model+ml_k", "--ml-k-prior-weight", "-1"]) == 2
+    assert "--ml-k-*: prior_weight must be a number >= 0, got -1.0" in capsys.readouterr().err
+    assert main([*base, "--method", "model", "--ml-k-penalty", "0.5"]) == 2
+    assert "only model+ml_k uses them" in capsys.readouterr().err
+    assert main([*base, "--method", "model+ml_k", "--ml-k-prior-weight", "0", "--ml-k-extra-starts", "1"]) == 0
+    # an overwhelming prior weight makes K̂ the K head's argmax
+    loc.select = SelectConfig(prior_weight=1e6)
+    heavy = loc(batch.y, batch.H, batch.codes, batch.snr_db, refine="ml_k")
+    assert torch.equal(heavy.num_sources, loc.num_sources(batch.y, batch.H, batch.codes, batch.snr_db, k_decision="map"))

@@ -125,11 +125,15 @@ def ml_fits(system: SystemConfig, meas: Measurements, max_sources: int, config: 
     return fits
 
 
-def order_criterion(fits: list[MLFit], num_snapshots: int, penalty: float) -> torch.Tensor:
-    """``[B, len(fits)]``: 2·NLL_k + penalty·4k·log L for k = 1, 2, … (lower is better)."""
-    nll = torch.stack([f.nll for f in fits], -1)
-    k = torch.arange(1, len(fits) + 1, dtype=nll.dtype, device=nll.device)
+def bic(nll: torch.Tensor, num_snapshots: int, penalty: float) -> torch.Tensor:
+    """``[B, K]``: 2·NLL_k + penalty·4k·log L for the NLLs ``[B, K]`` of k = 1..K fits (lower is better)."""
+    k = torch.arange(1, nll.shape[-1] + 1, dtype=nll.dtype, device=nll.device)
     return 2.0 * nll + penalty * PARAMS_PER_SOURCE * k * math.log(num_snapshots)
+
+
+def order_criterion(fits: list[MLFit], num_snapshots: int, penalty: float) -> torch.Tensor:
+    """``[B, len(fits)]``: :func:`bic` of the fits with k = 1, 2, … sources."""
+    return bic(torch.stack([f.nll for f in fits], -1), num_snapshots, penalty)
 
 
 def _estimates(system: SystemConfig, positions: torch.Tensor, valid: torch.Tensor,

@@ -15,7 +15,7 @@ import torch
 
 from ..config import SystemConfig
 from .grid import SearchConfig, coarse_grid, uwr_to_angles
-from .ml_likelihood import Measurements, negative_log_likelihood, projections, source_steering
+from .ml_likelihood import Measurements, coded_steering, negative_log_likelihood, projections, source_steering
 
 
 def _grid_powers(meas: Measurements, g_new: torch.Tensor, z_new: torch.Tensor, cross: torch.Tensor,
@@ -49,7 +49,7 @@ def search_new_source(system: SystemConfig, meas: Measurements, held: torch.Tens
     k = held.shape[1] + 1
     a_held = source_steering(system, held)
     gram_held, z_held = projections(meas, a_held)  # [B, L, k−1, k−1], [B, L, k−1]
-    b_held = torch.einsum("bmn,bln,bsn->blms", meas.H, meas.codes, a_held)  # [B, L, M, k−1]
+    b_held = coded_steering(meas, a_held).mT  # [B, L, M, k−1]
     held_energy = torch.diagonal(gram_held, dim1=-2, dim2=-1).real.sum(1)
     y_single, b_held_single = meas.y.to(torch.complex64), b_held.to(torch.complex64)
     rows = (meas.codes[:, :, None, :] * meas.H[:, None, :, :]).to(torch.complex64)  # H ⊙ c_l  [B, L, M, N]

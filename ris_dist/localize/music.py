@@ -93,6 +93,34 @@ def localize(R: torch.Tensor, system: SystemConfig, num_sources: torch.Tensor | 
 
 
 @torch.no_grad()
+def music_candidates(R: torch.Tensor, system: SystemConfig, num_sources: int, count: int,
+                     search: SearchConfig | None = None) -> torch.Tensor:
+    """The ``count`` best distinct peaks ``[B, count, 3]`` float64 (φ deg, θ deg, r m), best first,
+    of the MUSIC spectrum with a ``num_sources``-dimensional signal subspace (coarse-to-fine).
+
+    Start points for a likelihood search: ``count > num_sources`` keeps the runners-up that
+    :func:`localize` drops, so a search can pick the best ``num_sources``-subset of them.
+    """
+    search = search or SearchConfig()
+    R = validate_covariance(R, system)
+    batch, device = R.shape[0], R.device
+    if not 1 <= num_sources <= system.max_sources:
+        raise ValueError(f"num_sources must be in 1..{system.max_sources}, got {num_sources}")
+    if count < num_sources:
+        raise ValueError(f"count must be >= num_sources ({num_sources}), got {count}")
+    _, eigenvectors = eigen_decomposition(R)
+    k = torch.full((batch,), num_sources, dtype=torch.int64, device=device)
+    signal = signal_subspace(eigenvectors, k, system.max_sources).to(torch.complex64)
+    slots = count + search.extra_candidates
+    active = torch.ones(batch, slots, dtype=torch.bool, device=device)
+    cached = coarse_grid(system, search, device, "exact")
+    candidates = coarse_peaks(cached, signal, slots, search)
+    points, null = refine_peaks(system, signal, candidates, active, cached.grid.steps, search, "exact")
+    azimuth, elevation, range_m = uwr_to_angles(select_distinct(system, points, null, count, search.duplicate_cells))
+    return torch.stack([azimuth, elevation, range_m], -1).to(torch.float64)
+
+
+@torch.no_grad()
 def music_spectrum(R: torch.Tensor, system: SystemConfig, num_sources: torch.Tensor,
                    azimuth_deg: torch.Tensor, elevation_deg: torch.Tensor, range_m: torch.Tensor,
                    steering_model: SteeringModel = "exact") -> torch.Tensor:
@@ -116,4 +144,4 @@ def music_spectrum(R: torch.Tensor, system: SystemConfig, num_sources: torch.Ten
     return (1.0 / null.clamp_min(torch.finfo(torch.float64).tiny)).reshape(shape)
 
 
-__all__ = ["SearchMethod", "localize", "music_spectrum"]
+__all__ = ["SearchMethod", "localize", "music_candidates", "music_spectrum"]

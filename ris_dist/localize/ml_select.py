@@ -1,0 +1,116 @@
+"""K̂ and positions from given start points by the ML likelihood: the learned pipeline's ``model+ml_k``.
+
+system_model.md ("Refinement"). For every source count k = 1..K_max the caller supplies a few
+more than k start points (MUSIC's best distinct peaks of R_eff with a k-dimensional signal
+subspace, :func:`~ris_dist.localize.music.music_candidates`). Per k:
+
+1. the k-subset of the starts with the lowest concentrated NLL (every subset scored in one batched
+   call, no derivatives; runners-up rescue scenes where a sidelobe outranks a weak source);
+2. ``iterations`` joint refinement steps from that subset (:func:`~ris_dist.localize.ml_refine.refine`).
+
+K̂ = argmin_k 2·NLL_k + ``order_penalty``·4k·log L − 2·``prior_weight``·log p(k): B4's BIC
+(:func:`~ris_dist.localize.ml.bic`) with the K head's class probabilities p(k | x) as a prior (weight 0, or no prior
+given, is the plain BIC). The order penalty and the prior weight were chosen on a dev split
+(docs/results/yardstick/README.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..config import SystemConfig
+from .estimates import Estimates
+from .ml import bic
+from .ml_likelihood import Measurements, concentrated_nll, measurements
+from .ml_refine import refine
+from .subspace import validate_num_sources
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Knobs of ``refine="ml_k"``; the defaults are the ones chosen on the tiny dev split."""
+
+    extra_starts: int = 2
+    """Runners-up among MUSIC's distinct peaks scored as start points beyond the k needed (3 did no better)."""
+    order_penalty: float = 1.0
+    """Multiplier of the BIC penalty 4k·log L; 1 is the BIC."""
+    prior_weight: float = 1.0
+    """Weight of −2·log p(k | x) from the K head; 0 is the plain BIC."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.extra_starts, bool) or not isinstance(self.extra_starts, int) or self.extra_starts < 0:
+            raise ValueError(f"extra_starts must be an integer >= 0, got {self.extra_starts!r}")
+        for key in ("order_penalty", "prior_weight"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+
+
+def best_subset(system: SystemConfig, meas: Measurements, starts: torch.Tensor, k: int) -> torch.Tensor:
+    """The k of ``starts [B, C, 3]`` (φ deg, θ deg, r m) whose joint concentrated NLL is lowest, ``[B, k, 3]``."""
+    B, C, _ = starts.shape
+    if not 1 <= k <= C:
+        raise ValueError(f"k must be in 1..{C} (the number of starts), got {k}")
+    subsets = list(itertools.combinations(range(C), k))
+    trial = torch.stack([starts[:, list(s)] for s in subsets], 1)  # [B, Q, k, 3]
+    active = torch.ones(B * len(subsets), k, dtype=torch.bool, device=starts.device)
+    nll, _ = concentrated_nll(system, meas.repeat(len(subsets)), trial.reshape(-1, k, 3), active)
+    best = nll.reshape(B, len(subsets)).argmin(-1)
+    return trial[torch.arange(B, device=starts.device), best]
+
+
+def order_rule(nll: torch.Tensor, num_snapshots: int, order_penalty: float,
+               log_prior: torch.Tensor | None, prior_weight: float) -> torch.Tensor:
+    """K̂ ``[B]`` in 1..K from the NLLs ``[B, K]`` of the k = 1..K fits (lower criterion wins)."""
+    criterion = bic(nll, num_snapshots, order_penalty)
+    if log_prior is not None and prior_weight > 0:
+        criterion = criterion - 2.0 * prior_weight * log_prior.to(nll.device, nll.dtype)
+    return criterion.argmin(-1) + 1
+
+
+@torch.no_grad()
+def ml_refine_select(starts: Sequence[torch.Tensor], y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+                     snr_db, system: SystemConfig, iterations: int = 4, order_penalty: float = 1.0,
+                     log_prior: torch.Tensor | None = None, prior_weight: float = 1.0,
+                     num_sources: torch.Tensor | None = None, damping: float = 1e-3) -> Estimates:
+    """Fit k = 1..K_max sources from ``starts[k-1] [B, C_k ≥ k, 3]`` and pick K̂ by the order rule.
+
+    ``log_prior [B, K_max]``: log p(k | x) of the K head (None: no prior). ``num_sources [B]``
+    (the true K) skips the rule and fits only the counts it holds. Returns :class:`Estimates`
+    with K_max slots inside the configured (φ, θ, r) box, on the device of ``y``.
+    """
+    kmax, B, device = system.max_sources, y.shape[0], y.device
+    if len(starts) != kmax:
+        raise ValueError(f"starts: one tensor per k = 1..{kmax} expected, got {len(starts)}")
+    for k, s in enumerate(starts, start=1):
+        if s.ndim != 3 or s.shape[0] != B or s.shape[1] < k or s.shape[2] != 3:
+            raise ValueError(f"starts[{k - 1}]: expected [B={B}, >= {k}, 3], got {tuple(s.shape)}")
+    if log_prior is not None and tuple(log_prior.shape) != (B, kmax):
+        raise ValueError(f"log_prior: expected [{B}, {kmax}], got {tuple(log_prior.shape)}")
+    for key, value in (("iterations", iterations), ("order_penalty", order_penalty), ("prior_weight", prior_weight)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{key} must be >= 0, got {value}")
+    if num_sources is not None:
+        num_sources = validate_num_sources(num_sources, B, kmax, device)
+    meas = measurements(system, y, H, codes, snr_db)
+    counts = range(1, kmax + 1) if num_sources is None else sorted(set(num_sources.tolist()))
+    nll = torch.full((B, kmax), math.inf, dtype=torch.float64, device=device)
+    fitted = torch.zeros(B, kmax, kmax, 3, dtype=torch.float64, device=device)
+    for k in counts:
+        x = best_subset(system, meas, starts[k - 1].to(device, torch.float64), k)
+        active = torch.ones(B, k, dtype=torch.bool, device=device)
+        x, nll[:, k - 1], _ = refine(system, meas, x, active, int(iterations), damping)
+        fitted[:, k - 1, :k] = x
+    if num_sources is None:
+        num_sources = order_rule(nll, system.num_snapshots, order_penalty, log_prior, prior_weight)
+    positions = fitted[torch.arange(B, device=device), num_sources - 1]  # [B, K_max, 3]
+    valid = torch.arange(kmax, device=device)[None, :] < num_sources[:, None]
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    az, el, rng = (torch.where(valid, t.to(torch.float32), zero) for t in positions.unbind(-1))
+    return Estimates(azimuth_deg=az, elevation_deg=el, range_m=rng, valid=valid, num_sources=num_sources,
+                     steering_model="exact")
