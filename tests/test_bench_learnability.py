@@ -40,3 +40,12 @@ def test_learnability_bench_reports_both_variants():
     assert out["features_over_oracle"] == pytest.approx(out["features"]["nmse"] / out["oracle"]["nmse"])
     # Given R_true in its input the network fits faster than from R_samp.
     assert out["oracle"]["nmse"] < out["features"]["nmse"]
+
+
+@pytest.mark.parametrize("variants", ["features,nonsense", ","])
+def test_learnability_bench_refuses_unknown_variants_in_one_line(variants):
+    proc = subprocess.run([sys.executable, "-m", "ris_dist.bench", "learnability", "--variants", variants],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "--variants" in last and "choose from features, oracle" in last, last

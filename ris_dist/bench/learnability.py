@@ -42,9 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, no schedule")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
+    parser.add_argument("--variants", type=_variants, default=list(VARIANTS),
                         help=f"comma-separated subset of {', '.join(VARIANTS)} (default: both)")
     parser.add_argument("overrides", nargs="*", help="model field overrides, key=value (e.g. candidates=8)")
+
+
+def _variants(text: str) -> list[str]:
+    """``--variants``: a non-empty comma-separated subset of :data:`VARIANTS` (argparse exits 2 otherwise)."""
+    variants = [v.strip() for v in text.split(",") if v.strip()]
+    if not variants or set(variants) - set(VARIANTS):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(VARIANTS)}")
+    return variants
 
 
 def _fit(variant: str, system, preset: str, scenes, args: argparse.Namespace) -> dict[str, Any]:
@@ -81,10 +89,7 @@ def _fit(variant: str, system, preset: str, scenes, args: argparse.Namespace) ->
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Fit both variants; return their NMSE on the training scenes and the ratio."""
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown or not variants:
-        raise SystemExit(f"error: --variants {args.variants!r}: choose from {', '.join(VARIANTS)}")
+    variants = args.variants
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     system = load_system(args.system)

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F_nn
 from torch import nn
 
-from ..config import SystemConfig
+from ..config import ConfigError, SystemConfig
+from ..localize.grid import SearchConfig, coarse_grid, points_steering
 from .config import ModelConfig
 
 
@@ -149,9 +150,6 @@ class BartlettCandidates(nn.Module):
 
     def __init__(self, system: SystemConfig, count: int, spacing_cells: float) -> None:
         super().__init__()
-        from ..config.schema import ConfigError
-        from ..localize.grid import SearchConfig, coarse_grid
-
         self.system, self.count = system, count
         cached = coarse_grid(system, SearchConfig(coarse_spacing_cells=spacing_cells), torch.device("cpu"), "exact")
         flat = cached.feasible_index
@@ -195,8 +193,6 @@ class BartlettCandidates(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, L, N] back-projected snapshots -> (√N·a(η_j) [B, N, count], spectrum values at the
         grid peaks over the spectrum's maximum [B, count], in (0, 1])."""
-        from ..localize.grid import points_steering
-
         spectrum = self.spectrum(x)
         index = self.peaks(spectrum)
         peak = spectrum.gather(1, index)
