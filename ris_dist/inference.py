@@ -266,11 +266,12 @@ class Localizer:
                 iterations: int) -> Estimates:
         """``refine="ml_k"``: every k's fit from MUSIC's starts, K̂ by the likelihood with the head's prior."""
         kmax = self.system.max_sources
-        starts = [music_candidates(R_eff, self.system, k, k + self.select.extra_starts)
-                  for k in range(1, kmax + 1)]
+        k = None if num_sources is None else torch.as_tensor(num_sources).to(self.device)
+        fitted = range(1, kmax + 1) if k is None else set(k.tolist())  # oracle K: only the counts present
+        starts = [music_candidates(R_eff, self.system, c, c + self.select.extra_starts) if c in fitted else None
+                  for c in range(1, kmax + 1)]
         log_prior = torch.log_softmax(logits.to(torch.float64), -1) if self.k_source == "head" else None
         y_, H_, codes_, snr_ = self._check_inputs(y, H, codes, snr_db)
-        k = None if num_sources is None else torch.as_tensor(num_sources).to(self.device)
         return ml_refine_select(starts, y_, H_, codes_, snr_, self.system, iterations=iterations,
                                 order_penalty=self.select.order_penalty, log_prior=log_prior,
                                 prior_weight=self.select.prior_weight, num_sources=k)

@@ -123,12 +123,25 @@ def test_oracle_k_fits_only_that_count_and_everything_stays_in_the_box():
     assert bool((az > 59.5).any()), "refinement should move toward the sources, onto the φ bound"
 
 
+def test_oracle_k_needs_only_the_starts_of_the_counts_it_holds(tiny_30db_mixed):
+    system, batch = tiny_30db_mixed
+    starts = true_starts(system, batch, 1)
+    ones = torch.ones_like(batch.num_sources)
+    args = (batch.y, batch.H, batch.codes, batch.snr_db, system)
+    lean = ml_refine_select([starts[0], None], *args, num_sources=ones)
+    full = ml_refine_select(starts, *args, num_sources=ones)
+    assert torch.equal(lean.num_sources, ones)
+    for field in ("azimuth_deg", "elevation_deg", "range_m", "valid"):
+        assert torch.equal(getattr(lean, field), getattr(full, field)), field
+
+
 def test_bad_inputs_give_one_line_errors(tiny_30db_mixed):
     system, batch = tiny_30db_mixed
     starts = true_starts(system, batch, 1)
     args = (batch.y, batch.H, batch.codes, batch.snr_db, system)
     cases = [
-        (lambda: ml_refine_select(starts[:1], *args), "starts: one tensor per k = 1..2 expected, got 1"),
+        (lambda: ml_refine_select(starts[:1], *args), "starts: one entry per k = 1..2 expected, got 1"),
+        (lambda: ml_refine_select([starts[0], None], *args), r"starts\[1\]: None, but k = 2 must be fitted"),
         (lambda: ml_refine_select([starts[0], starts[1][:, :1]], *args), r"starts\[1\]: expected \[B=24, >= 2, 3\]"),
         (lambda: ml_refine_select(starts, *args, log_prior=torch.zeros(24, 3)), r"log_prior: expected \[24, 2\]"),
         (lambda: ml_refine_select(starts, *args, prior_weight=-1.0), "prior_weight must be >= 0"),

@@ -23,6 +23,19 @@ class Estimates:
     num_sources: torch.Tensor
     steering_model: str = "exact"
 
+    @classmethod
+    def from_positions(cls, positions: torch.Tensor, valid: torch.Tensor, num_sources: torch.Tensor | None = None,
+                       steering_model: str = "exact") -> "Estimates":
+        """Estimates from ``positions [B, K_slots, 3]`` (φ deg, θ deg, r m, any float dtype) and ``valid``.
+
+        Invalid slots are zeroed; ``num_sources`` defaults to the count of valid slots.
+        """
+        zero = torch.zeros((), dtype=torch.float32, device=positions.device)
+        az, el, rng = (torch.where(valid, t.to(torch.float32), zero) for t in positions.unbind(-1))
+        count = valid.sum(-1).to(torch.int64) if num_sources is None else num_sources
+        return cls(azimuth_deg=az, elevation_deg=el, range_m=rng, valid=valid, num_sources=count,
+                   steering_model=steering_model)
+
     def __len__(self) -> int:
         return int(self.num_sources.shape[0])
 

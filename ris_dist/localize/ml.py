@@ -21,7 +21,6 @@ loop over k) and the input checks read values back to the host.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -136,15 +135,6 @@ def order_criterion(fits: list[MLFit], num_snapshots: int, penalty: float) -> to
     return bic(torch.stack([f.nll for f in fits], -1), num_snapshots, penalty)
 
 
-def _estimates(system: SystemConfig, positions: torch.Tensor, valid: torch.Tensor,
-               template: Estimates | None = None) -> Estimates:
-    zero = torch.zeros((), dtype=torch.float32, device=positions.device)
-    az, el, rng = (torch.where(valid, t.to(torch.float32), zero) for t in positions.unbind(-1))
-    est = Estimates(azimuth_deg=az, elevation_deg=el, range_m=rng, valid=valid,
-                    num_sources=valid.sum(-1).to(torch.int64), steering_model="exact")
-    return est if template is None else dataclasses.replace(est, num_sources=template.num_sources)
-
-
 @torch.no_grad()
 def ml_localize(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, snr_db, system: SystemConfig,
                 num_sources: torch.Tensor | None = None, config: MLConfig | None = None,
@@ -173,7 +163,7 @@ def ml_localize(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, snr_db, s
         pick = (num_sources == k)[:, None, None]
         positions[:, :k] = torch.where(pick, fit.positions, positions[:, :k])
     valid = torch.arange(kmax, device=device)[None, :] < num_sources[:, None]
-    return _estimates(system, positions, valid)
+    return Estimates.from_positions(positions, valid)
 
 
 @torch.no_grad()
@@ -204,4 +194,4 @@ def ml_refine(estimates: Estimates, y: torch.Tensor, H: torch.Tensor, codes: tor
                                                                                                      torch.float64)
     start = torch.where(valid[..., None], start, (lo + hi) / 2)  # empty slots: any finite position
     x, _, _ = refine(system, meas, start, valid, iterations, config.refine_damping)
-    return _estimates(system, x, valid, template=estimates.to(y.device))
+    return Estimates.from_positions(x, valid, num_sources=estimates.num_sources.to(y.device))

@@ -74,31 +74,33 @@ def order_rule(nll: torch.Tensor, num_snapshots: int, order_penalty: float,
 
 
 @torch.no_grad()
-def ml_refine_select(starts: Sequence[torch.Tensor], y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
+def ml_refine_select(starts: Sequence[torch.Tensor | None], y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                      snr_db, system: SystemConfig, iterations: int = 4, order_penalty: float = 1.0,
                      log_prior: torch.Tensor | None = None, prior_weight: float = 1.0,
                      num_sources: torch.Tensor | None = None, damping: float = 1e-3) -> Estimates:
     """Fit k = 1..K_max sources from ``starts[k-1] [B, C_k ≥ k, 3]`` and pick K̂ by the order rule.
 
     ``log_prior [B, K_max]``: log p(k | x) of the K head (None: no prior). ``num_sources [B]``
-    (the true K) skips the rule and fits only the counts it holds. Returns :class:`Estimates`
+    (the true K) skips the rule and fits only the counts it holds; the starts of other counts may be None. Returns :class:`Estimates`
     with K_max slots inside the configured (φ, θ, r) box, on the device of ``y``.
     """
     kmax, B, device = system.max_sources, y.shape[0], y.device
     if len(starts) != kmax:
-        raise ValueError(f"starts: one tensor per k = 1..{kmax} expected, got {len(starts)}")
+        raise ValueError(f"starts: one entry per k = 1..{kmax} expected, got {len(starts)}")
+    if num_sources is not None:
+        num_sources = validate_num_sources(num_sources, B, kmax, device)
+    counts = range(1, kmax + 1) if num_sources is None else sorted(set(num_sources.tolist()))
     for k, s in enumerate(starts, start=1):
-        if s.ndim != 3 or s.shape[0] != B or s.shape[1] < k or s.shape[2] != 3:
+        if s is None and k in counts:
+            raise ValueError(f"starts[{k - 1}]: None, but k = {k} must be fitted")
+        if s is not None and (s.ndim != 3 or s.shape[0] != B or s.shape[1] < k or s.shape[2] != 3):
             raise ValueError(f"starts[{k - 1}]: expected [B={B}, >= {k}, 3], got {tuple(s.shape)}")
     if log_prior is not None and tuple(log_prior.shape) != (B, kmax):
         raise ValueError(f"log_prior: expected [{B}, {kmax}], got {tuple(log_prior.shape)}")
     for key, value in (("iterations", iterations), ("order_penalty", order_penalty), ("prior_weight", prior_weight)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{key} must be >= 0, got {value}")
-    if num_sources is not None:
-        num_sources = validate_num_sources(num_sources, B, kmax, device)
     meas = measurements(system, y, H, codes, snr_db)
-    counts = range(1, kmax + 1) if num_sources is None else sorted(set(num_sources.tolist()))
     nll = torch.full((B, kmax), math.inf, dtype=torch.float64, device=device)
     fitted = torch.zeros(B, kmax, kmax, 3, dtype=torch.float64, device=device)
     for k in counts:
@@ -110,7 +112,4 @@ def ml_refine_select(starts: Sequence[torch.Tensor], y: torch.Tensor, H: torch.T
         num_sources = order_rule(nll, system.num_snapshots, order_penalty, log_prior, prior_weight)
     positions = fitted[torch.arange(B, device=device), num_sources - 1]  # [B, K_max, 3]
     valid = torch.arange(kmax, device=device)[None, :] < num_sources[:, None]
-    zero = torch.zeros((), dtype=torch.float32, device=device)
-    az, el, rng = (torch.where(valid, t.to(torch.float32), zero) for t in positions.unbind(-1))
-    return Estimates(azimuth_deg=az, elevation_deg=el, range_m=rng, valid=valid, num_sources=num_sources,
-                     steering_model="exact")
+    return Estimates.from_positions(positions, valid, num_sources=num_sources)

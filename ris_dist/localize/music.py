@@ -74,22 +74,24 @@ def localize(R: torch.Tensor, system: SystemConfig, num_sources: torch.Tensor | 
     if method == "dense":
         points, null = dense_peaks(system, signal, slots, search, steering_model)
         null = torch.where(active, null, torch.full_like(null, float("inf")))
+        positions = _angles(select_distinct(system, points, null, kmax, search.duplicate_cells))
     else:
-        cached = coarse_grid(system, search, device, steering_model)
-        candidates = coarse_peaks(cached, signal, slots, search)
-        points, null = refine_peaks(system, signal, candidates, active, cached.grid.steps, search, steering_model)
-    peaks = select_distinct(system, points, null, kmax, search.duplicate_cells)
+        positions = _distinct_peaks(system, signal, active, kmax, search, steering_model)
+    return Estimates.from_positions(positions, valid, num_sources=num_sources, steering_model=steering_model)
 
-    azimuth, elevation, range_m = uwr_to_angles(peaks)
-    zero = torch.zeros((), dtype=torch.float32, device=device)
-    return Estimates(
-        azimuth_deg=torch.where(valid, azimuth.to(torch.float32), zero),
-        elevation_deg=torch.where(valid, elevation.to(torch.float32), zero),
-        range_m=torch.where(valid, range_m.to(torch.float32), zero),
-        valid=valid,
-        num_sources=num_sources,
-        steering_model=steering_model,
-    )
+
+def _angles(peaks_uwr: torch.Tensor) -> torch.Tensor:
+    return torch.stack(uwr_to_angles(peaks_uwr), -1)
+
+
+def _distinct_peaks(system: SystemConfig, signal: torch.Tensor, active: torch.Tensor, count: int,
+                    search: SearchConfig, steering_model: SteeringModel) -> torch.Tensor:
+    """Coarse-to-fine: the ``count`` best distinct refined peaks ``[B, count, 3]`` (φ, θ, r) of the
+    null spectrum of ``signal``, ranked among the coarse grid's ``active.shape[1]`` strongest peaks."""
+    cached = coarse_grid(system, search, signal.device, steering_model)
+    candidates = coarse_peaks(cached, signal, active.shape[1], search)
+    points, null = refine_peaks(system, signal, candidates, active, cached.grid.steps, search, steering_model)
+    return _angles(select_distinct(system, points, null, count, search.duplicate_cells))
 
 
 @torch.no_grad()
@@ -111,13 +113,8 @@ def music_candidates(R: torch.Tensor, system: SystemConfig, num_sources: int, co
     _, eigenvectors = eigen_decomposition(R)
     k = torch.full((batch,), num_sources, dtype=torch.int64, device=device)
     signal = signal_subspace(eigenvectors, k, system.max_sources).to(torch.complex64)
-    slots = count + search.extra_candidates
-    active = torch.ones(batch, slots, dtype=torch.bool, device=device)
-    cached = coarse_grid(system, search, device, "exact")
-    candidates = coarse_peaks(cached, signal, slots, search)
-    points, null = refine_peaks(system, signal, candidates, active, cached.grid.steps, search, "exact")
-    azimuth, elevation, range_m = uwr_to_angles(select_distinct(system, points, null, count, search.duplicate_cells))
-    return torch.stack([azimuth, elevation, range_m], -1).to(torch.float64)
+    active = torch.ones(batch, count + search.extra_candidates, dtype=torch.bool, device=device)
+    return _distinct_peaks(system, signal, active, count, search, "exact").to(torch.float64)
 
 
 @torch.no_grad()
