@@ -134,10 +134,27 @@ def coded_steering(meas: Measurements, a: torch.Tensor) -> torch.Tensor:
     One batched GEMM per scene, ``(c_l ⊙ a_s)_{l,s} · Hᵀ``: the three-operand einsum it replaces
     took ~10× longer on CPU, and this is the refinement's innermost product.
     """
-    B, L, N = meas.codes.shape
+    return coded_product(meas.codes, meas.H, a)
+
+
+def coded_product(codes: torch.Tensor, H: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``G_l a_s = H (c_l ⊙ a_s)`` ``[B, L, S, M]`` from codes ``[B, L, N]``, H ``[B, M, N]``, a ``[B, S, N]``."""
+    B, L, N = codes.shape
     S = a.shape[1]
-    coded = (meas.codes[:, :, None, :] * a[:, None]).reshape(B, L * S, N)
-    return (coded @ meas.H.mT).reshape(B, L, S, meas.H.shape[1])
+    coded = (codes[:, :, None, :] * a[:, None]).reshape(B, L * S, N)
+    return (coded @ H.mT).reshape(B, L, S, H.shape[1])
+
+
+def one_source_spectrum(y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Σ_l |(G_l a_s)^H y_l|² / ‖G_l a_s‖² ``[B, S]`` for steering ``a [B, S, N]``: the likelihood of
+    one source at a_s with each snapshot's symbol fitted (deterministic ML), up to constants.
+
+    Unlike the Bartlett spectrum of the back-projected snapshots it is not weighted by ‖G_l a‖²,
+    so its maximum is unbiased for one noise-free source. Unchecked inputs (a model feature).
+    """
+    g = coded_product(codes, H, a)  # [B, L, S, M]
+    fit = (g.conj() * y[:, :, None, :]).sum(-1).abs() ** 2
+    return (fit / (g.abs() ** 2).sum(-1)).sum(1)
 
 
 def projections(meas: Measurements, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

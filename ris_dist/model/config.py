@@ -48,6 +48,11 @@ class ModelConfig:
     (docs/full_recipe.md, "Why full-lite did not fit")."""
     candidate_spacing_cells: float = 0.5
     """Grid step of the candidate search in resolution cells per axis."""
+    candidate_refine_levels: int = 0
+    """Levels of axis-wise parabolic steps on the one-source likelihood Σ_l |(G_l a)^H y_l|² / ‖G_l a‖²
+    applied to each candidate after the grid search (probe ±step/2, halving per level; 7 likelihood
+    evaluations per candidate and level). 0 keeps the Bartlett peaks, biased when M < N
+    (ris_dist/model/candidates.py)."""
 
     def __post_init__(self) -> None:
         for key in ("width", "depth", "heads", "ffn_mult", "cov_head_hidden", "cov_head_layers", "k_head_hidden"):
@@ -61,6 +66,9 @@ class ModelConfig:
               "must be an integer >= 0")
         check(math.isfinite(self.candidate_spacing_cells) and self.candidate_spacing_cells > 0,
               "candidate_spacing_cells", self.candidate_spacing_cells, "must be > 0")
+        check(isinstance(self.candidate_refine_levels, int) and not isinstance(self.candidate_refine_levels, bool)
+              and self.candidate_refine_levels >= 0, "candidate_refine_levels", self.candidate_refine_levels,
+              "must be an integer >= 0")
         check(math.isfinite(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", self.dropout,
               "must satisfy 0 <= p < 1")
 

@@ -13,8 +13,9 @@ The network works on second-order statistics, tokenized per RIS element. Inside 
 
 * optionally (``model.candidates`` = m > 0) m steering candidates a(η_j): the highest peaks
   of the Bartlett spectrum Σ_l |a(η)^H x̂_l|² on a (u, w, 1/r) grid, refined below the grid
-  step (:class:`BartlettCandidates`). On ``full`` R_samp's rows carry almost no phase
-  reference per element; the candidates do (docs/full_recipe.md).
+  step and optionally on the one-source likelihood (:mod:`ris_dist.model.candidates`). On
+  ``full`` R_samp's rows carry almost no phase reference per element; the candidates do
+  (docs/full_recipe.md).
 
 Element token n (n = 0..N-1, the design's element order) = row n of R_samp, Q and N_z
 (re/im) + x̂_{1..L}[n] (re/im) [+ √N·a_n(η_{1..m}) (re/im)] -> Linear -> + a learned
@@ -28,15 +29,14 @@ final tokens and emits logits for K = 1..K_max.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F_nn
 from torch import nn
 
-from ..config import ConfigError, SystemConfig
-from ..localize.grid import SearchConfig, coarse_grid, points_steering
+from ..config import SystemConfig
+from .candidates import BartlettCandidates
 from .config import ModelConfig
 
 
@@ -139,83 +139,6 @@ def second_order_features(system: SystemConfig, y: torch.Tensor, H: torch.Tensor
     return {"R_samp": R_samp, "Q": Q, "noise": noise, "x": x, "eig": eig}
 
 
-class BartlettCandidates(nn.Module):
-    """The ``count`` highest local maxima of the Bartlett spectrum s(η) = Σ_l |a(η)^H x̂_l|² on a
-    (u, w, 1/r) grid, each refined below the grid step by a parabola through its axis neighbours.
-
-    After each pick the 3×3×3 block of grid neighbours around it is suppressed, so candidates
-    are distinct peaks. No parameters; the grid tensors are non-persistent buffers (rebuilt
-    from the system, never in a checkpoint) that move with the module.
-    """
-
-    def __init__(self, system: SystemConfig, count: int, spacing_cells: float) -> None:
-        super().__init__()
-        self.system, self.count = system, count
-        cached = coarse_grid(system, SearchConfig(coarse_spacing_cells=spacing_cells), torch.device("cpu"), "exact")
-        flat = cached.feasible_index
-        if flat.numel() < count:
-            raise ConfigError(f"model.candidates={count}: the candidate grid has only {flat.numel()} points")
-        U, W, R = cached.grid.shape
-        coords = torch.stack([flat // (W * R), (flat % (W * R)) // R, flat % R], -1)
-        # lookup[iu+1, iw+1, ir+1] = position in the feasible list, −1 off the grid or infeasible.
-        lookup = torch.full((U + 2, W + 2, R + 2), -1, dtype=torch.int64)
-        lookup[coords[:, 0] + 1, coords[:, 1] + 1, coords[:, 2] + 1] = torch.arange(flat.numel())
-        self.register_buffer("steering", cached.steering.clone(), persistent=False)  # [G, N] unit norm
-        self.register_buffer("coords", coords, persistent=False)  # [G, 3] integer grid indices
-        self.register_buffer("lookup", lookup, persistent=False)
-        # (u, w, 1/r) of the points and the axis steps stay float64 outside the buffers: a blanket
-        # module.bfloat16()/half() casts floating buffers (not complex or integer ones), and bf16
-        # coordinates would move the candidates by ~1e-2.
-        self._points_cpu = cached.grid.points(flat)  # [G, 3]
-        self._steps_cpu = torch.tensor(cached.grid.steps, dtype=torch.float64)
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def points(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u, w, 1/r) [G, 3] of the grid points and the axis steps [3], float64 on ``device``."""
-        if device not in self._on_device:
-            self._on_device[device] = (self._points_cpu.to(device), self._steps_cpu.to(device))
-        return self._on_device[device]
-
-    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, G] Σ_l |a(η_g)^H x̂_l|² at every grid point, from x [B, L, N]."""
-        return ((x @ self.steering.conj().T).abs() ** 2).sum(1)
-
-    def peaks(self, spectrum: torch.Tensor) -> torch.Tensor:
-        """[B, count] grid positions of the highest points, each suppressing its 3×3×3 block."""
-        picks = []
-        for _ in range(self.count):
-            index = spectrum.argmax(-1)
-            picks.append(index)
-            near = ((self.coords[None, :, :] - self.coords[index][:, None, :]).abs() <= 1).all(-1)
-            spectrum = spectrum.masked_fill(near, float("-inf"))
-        return torch.stack(picks, -1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, L, N] back-projected snapshots -> (√N·a(η_j) [B, N, count], spectrum values at the
-        grid peaks over the spectrum's maximum [B, count], in (0, 1])."""
-        spectrum = self.spectrum(x)
-        index = self.peaks(spectrum)
-        peak = spectrum.gather(1, index)
-        offsets = []
-        for axis in range(3):
-            unit = torch.zeros(3, dtype=self.coords.dtype, device=x.device)
-            unit[axis] = 1
-            side = []
-            for sign in (-1, 1):
-                c = self.coords[index] + sign * unit + 1  # [B, count, 3], +1 for the padding
-                nb = self.lookup[c[..., 0], c[..., 1], c[..., 2]]
-                side.append((spectrum.gather(1, nb.clamp_min(0)), nb >= 0))
-            (lo, lo_ok), (hi, hi_ok) = side
-            curvature = lo - 2.0 * peak + hi
-            ok = lo_ok & hi_ok & (curvature < 0)
-            delta = 0.5 * (lo - hi) / torch.where(ok, curvature, torch.ones_like(curvature))
-            offsets.append(torch.where(ok, delta.clamp(-0.5, 0.5), torch.zeros_like(delta)))
-        points, steps = self.points(x.device)
-        refined = points[index] + torch.stack(offsets, -1).double() * steps
-        steering = points_steering(self.system, refined, "exact") * math.sqrt(self.system.num_elements)
-        return steering.transpose(-1, -2), peak / spectrum.amax(-1, keepdim=True)
-
-
 class CovarianceNet(nn.Module):
     """See the module docstring. Build it with :func:`build_model`."""
 
@@ -230,7 +153,8 @@ class CovarianceNet(nn.Module):
         self.elem_in = 6 * self.N + (2 * self.L if cfg.snapshot_features else 0) + 2 * cfg.candidates
         self.elem_embed = nn.Linear(self.elem_in, d)
         # Parameter-free (no optimizer group); None when off, so the module tree is unchanged.
-        self.candidate_search = BartlettCandidates(system, cfg.candidates, cfg.candidate_spacing_cells) if cfg.candidates else None
+        self.candidate_search = (BartlettCandidates(system, cfg.candidates, cfg.candidate_spacing_cells,
+                                                    cfg.candidate_refine_levels) if cfg.candidates else None)
         # Embeddings are modules, not bare Parameters: ZeRO-3 gathers parameters through
         # module forward hooks, and a bare top-level Parameter would stay partitioned.
         self.pos_embed = nn.Embedding(self.N, d)
@@ -267,7 +191,7 @@ class CovarianceNet(nn.Module):
         with torch.autocast(device_type=y.device.type, enabled=False):
             f = second_order_features(self.system, y, H, codes, snr_db)
             if self.cfg.candidates > 0:
-                f["cand"], f["cand_value"] = self.candidate_search(f["x"])
+                f["cand"], f["cand_value"] = self.candidate_search(f["x"], y, H, codes)
             return f
 
     def _tokens(self, f: dict[str, torch.Tensor], snr_db: torch.Tensor) -> torch.Tensor:
