@@ -122,4 +122,8 @@ def test_success_rule_validation_scores_what_the_localizer_serves(phase0, tmp_pa
     got = meta["metrics"]
     assert got["K_acc"] == pytest.approx(served["K_acc"]) and got["success"] == pytest.approx(served["success"])
     assert got["success_map"] == pytest.approx(argmax.success.mean())
+    oracle = aggregate(per_scene(loc(batch.y, batch.H, batch.codes, batch.snr_db, num_sources=batch.num_sources),
+                                 batch, system), system)
+    for name in ("success", "rmse_az_deg", "rmse_el_deg", "rmse_range_m"):
+        assert got[f"{name}_oracle_k"] == pytest.approx(oracle[name], rel=1e-4), name
     assert got["k_head_acc"] == pytest.approx(np.mean(argmax.k_hat == argmax.k_true))

@@ -37,7 +37,7 @@ LOC_RTOL = 5e-3
 """MUSIC errors (rmse/median/p95) and k_loc, relative (measured <= 2.7e-4, from a median of 72 scenes)."""
 #: Whole-scene and whole-source counts and the fractions made of them: equal, or something was lost.
 EXACT = {"num_scenes", "num_true", "num_est", "num_pairs", "k_head_acc", "K_acc", "K_under", "K_over", "success",
-         "success_map", "precision", "recall"}
+         "success_map", "success_oracle_k", "precision", "recall"}
 NMSES = {"nmse", "nmse_pred", "nmse_samp"}
 
 

@@ -13,6 +13,7 @@ from .recipe import DEFAULT_RECIPE, check_recipe, recipe_config
 
 MAX_PHASE = 3
 REQUEUE_EXIT = 75
+GATE_FAILED_EXIT = 3  # ris_dist.train's code for a failed phase gate (EXIT_GATE_FAILED)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .command import REQUEUE_EXIT, PhaseRequest, gate_status, resolve, to_shell, train_command
+from .command import GATE_FAILED_EXIT, REQUEUE_EXIT, PhaseRequest, gate_status, resolve, to_shell, train_command
 from .profile import ClusterProfile
 from .supervise import Supervisor
 
@@ -26,15 +26,16 @@ def run_local(profile: ClusterProfile, req: PhaseRequest, root: Path, python: st
         print(f"[local] phase {phase}: {to_shell(argv)}", flush=True)
         sup = Supervisor(argv, root, env=env, grace_s=profile.signal_delay_s, launcher=profile.engine != "single")
         rc, preempted = sup.run()
-        gate = gate_status(req.run_dir(root, phase))
         if preempted or rc == REQUEUE_EXIT:
             print(f"[local] phase {phase}: interrupted (checkpoint saved); rerun the same command to resume",
                   file=sys.stderr, flush=True)
             return REQUEUE_EXIT
         if rc != 0:
-            why = " (phase gate failed)" if gate is False else ""
+            # The exit code, not gate.json, says why: a stale gate.json of an earlier attempt may be there.
+            why = " (phase gate failed)" if rc == GATE_FAILED_EXIT else ""
             print(f"error: phase {phase} exited {rc}{why}; later phases not started", file=sys.stderr, flush=True)
             return rc if rc > 0 else 1
+        gate = gate_status(req.run_dir(root, phase))
         print(f"[local] phase {phase}: done, gate {'passed' if gate else 'not passed' if gate is False else 'n/a'}",
               flush=True)
     return 0

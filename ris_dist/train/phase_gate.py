@@ -47,17 +47,33 @@ def improves(name: str, final: dict, first: dict, higher_is_better: bool, best_p
                                                  f"(or = {best_possible:g})")
 
 
+def _rmses(gate) -> tuple[str, ...]:
+    return tuple(f"{m}_oracle_k" for m in RMSES) if gate.rmse_k == "oracle" else RMSES
+
+
+def _require(kind: str, names: tuple[str, ...], first: dict[str, float], final: dict[str, float]) -> None:
+    for which, metrics in (("first", first), ("final", final)):
+        missing = [name for name in names if name not in metrics]
+        if missing:
+            raise ValueError(f"gate {kind}: the {which} validation has no {', '.join(missing)} (a run resumed "
+                             "across a change of its validation settings? rerun the phase from its start)")
+
+
 def phase_criteria(kind: str, gate, first: dict[str, float], final: dict[str, float]) -> list[dict[str, Any]]:
+    counts = {"phase1": ("success", "k_loc", "K_acc"), "phase2": ("K_acc", "K_under"), "phase3": ("K_acc", "success")}
+    if kind in counts:
+        _require(kind, counts[kind] + _rmses(gate), first, final)
     if kind == "phase1":
         # "Trend the right way": success and k_loc must rise; K_acc and the RMSEs must not get worse.
         return [improves("success", final, first, True, 1.0), improves("k_loc", final, first, True, 1.0),
-                not_below("K_acc", final, first, gate.drop_tol), *(not_above_rel(m, final, first, 0.0) for m in RMSES)]
+                not_below("K_acc", final, first, gate.drop_tol),
+                *(not_above_rel(m, final, first, gate.rmse_tol) for m in _rmses(gate))]
     if kind == "phase2":
         return [improves("K_acc", final, first, True, 1.0), improves("K_under", final, first, False, 0.0),
-                *(not_above_rel(m, final, first, gate.rmse_tol) for m in RMSES)]
+                *(not_above_rel(m, final, first, gate.rmse_tol) for m in _rmses(gate))]
     if kind == "phase3":
         return [not_below("K_acc", final, first, gate.drop_tol), not_below("success", final, first, gate.drop_tol),
-                *(not_above_rel(m, final, first, gate.rmse_tol) for m in RMSES)]
+                *(not_above_rel(m, final, first, gate.rmse_tol) for m in _rmses(gate))]
     raise ValueError(f"gate.kind {kind!r} has no localization criteria")
 
 

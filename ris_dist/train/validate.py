@@ -7,7 +7,8 @@ the last batch: the metrics are the same on 1 or N ranks. MUSIC failures raise.
 With ``val.k_decision: success`` every scene is localized once per candidate K̂ = 1..K_max;
 those runs calibrate the :class:`~ris_dist.localize.SuccessTable` (on all ranks' scenes),
 which then picks each scene's K̂ and so the estimates the metrics score. ``success_map``
-reports what the head's argmax would have scored on the same runs.
+reports what the head's argmax would have scored on the same runs, and ``*_oracle_k`` what MUSIC
+scores with each scene's true K.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..covariance import effective_covariance
 from ..localize import SuccessTable
 from ..losses import nmse
 from ..physics import simulate
+from .phase_gate import RMSES
 
 
 @dataclass
@@ -97,6 +99,8 @@ def validate(accelerator, model, backend, system: SystemConfig, cfg, loader, bet
         table = _calibrate(system, cols)
         k_chosen = table.choose(cols["k_probs"], cols["snr_db"])
         metrics["success_map"] = _localization_metrics(system, cols, cols["k_head"])["success"]
+        oracle_k = _localization_metrics(system, cols, cols["k_true"])
+        metrics.update({f"{name}_oracle_k": oracle_k[name] for name in ("success", *RMSES)})
     if cfg.val.localize:
         metrics.update(_localization_metrics(system, cols, k_chosen))
     return Validation(metrics, table)
