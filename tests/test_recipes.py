@@ -18,6 +18,8 @@ from trainrun import train
 
 #: recipe -> (system, model preset) every one of its phases trains
 EXPECTED = {"tiny": ("tiny", "tiny"), "full": ("full", "full"), "full-lite": ("full", "full-lite")}
+#: recipe -> (phase-0 NMSE gate, phase-1 K̂ source, phases 2-3 RMSE K̂), docs/full_recipe.md
+GATES = {"tiny": (0.1, "mdl", "own"), "full": (0.1, "oracle", "oracle"), "full-lite": (0.5, "oracle", "oracle")}
 
 
 @pytest.mark.parametrize("recipe", sorted(EXPECTED))
@@ -31,10 +33,12 @@ def test_recipe_phases_chain_on_one_system(recipe):
             assert (cfg.init_from, cfg.previous_phase) == ("auto", f"phase{p - 1}")
             assert cfg.beta.localize == 0.5 and cfg.val.localize and cfg.val.primary == "k_loc"
     p0 = cfgs[0]
-    assert p0.mode == "pure_overfit" and p0.gate.max_val_nmse == 0.1
+    max_nmse, phase1_k, rmse_k = GATES[recipe]
+    assert p0.mode == "pure_overfit" and p0.gate.max_val_nmse == max_nmse
     assert (p0.data.train_scenes, p0.data.val_scenes, p0.data.val_split) == (512, 512, p0.data.train_split)
-    assert cfgs[1].val.k_source == "mdl"
+    assert cfgs[1].val.k_source == phase1_k
     assert all(c.val.k_source == "head" and c.val.k_decision == "success" for c in cfgs[2:])
+    assert all(c.gate.rmse_k == rmse_k for c in cfgs[2:])
 
 
 def test_full_recipe_covers_k_max_5_and_resolves_gates():
