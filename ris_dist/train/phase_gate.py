@@ -64,7 +64,7 @@ def phase_criteria(kind: str, gate, first: dict[str, float], final: dict[str, fl
     if kind in counts:
         _require(kind, counts[kind] + _rmses(gate), first, final)
     if kind == "phase1":
-        # "Trend the right way": success and k_loc must rise; K_acc and the RMSEs must not get worse.
+        # "Trend the right way": success and k_loc must rise; K_acc must not fall, the RMSEs stay within rmse_tol.
         return [improves("success", final, first, True, 1.0), improves("k_loc", final, first, True, 1.0),
                 not_below("K_acc", final, first, gate.drop_tol),
                 *(not_above_rel(m, final, first, gate.rmse_tol) for m in _rmses(gate))]
