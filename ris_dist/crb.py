@@ -7,8 +7,8 @@ Each coded snapshot is ``y_l ~ CN(0, C_l)`` with ``C_l = G_l A P A^H G_l^H + σ�
 
 Powers P and noise σ² are known (the bound is therefore a lower bound on the bound with
 nuisance parameters). Parameter i = (k, a) with a ∈ {φ [deg], θ [deg], r [m]}; the steering
-derivatives come from ``torch.func.jacfwd`` of :func:`ris_dist.physics.steering` w.r.t. the
-angles *in degrees*, so the returned standard deviations are in degrees and metres directly.
+derivatives come from forward-mode derivatives (``torch.func.jvp``) of the path difference
+w.r.t. the angles *in degrees*, so the returned standard deviations are in degrees and metres directly.
 
 Closed form used (exact, no M×M derivative matrices): with b_k = G_l a_k, d_i = G_l ∂_a a_k,
 ∂_i C_l = p_k (d_i b_k^H + b_k d_i^H), and Γ = U^H C_l^{-1} U for U = [b | d],
@@ -31,10 +31,10 @@ import warnings
 from typing import Protocol
 
 import torch
-from torch.func import jacfwd, vmap
+from torch.func import jvp
 
 from .config import SystemConfig
-from .physics import steering
+from .physics import path_difference, steering
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,22 @@ class CrbScenes(Protocol):
 def steering_and_jacobian(system: SystemConfig, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Steering ``a [S, N]`` and ``∂a/∂(φ_deg, θ_deg, r_m)`` ``[S, N, 3]`` for params ``[S, 3]`` (float64).
 
-    ``jacfwd`` wants real outputs, so it differentiates the (real, imag) view of ``a``.
+    ``a_n = N^-½ exp(−i k₀ δ_n)``, so ``∂a_n = −i k₀ a_n ∂δ_n``; the three columns of ``∂δ`` are
+    forward-mode derivatives of the path difference, each one pass over all S at once (the
+    vmapped ``jacfwd`` of the steering it replaces took ~10× longer on CPU).
     """
-    def real_view(p: torch.Tensor) -> torch.Tensor:
-        return torch.view_as_real(steering(system, p[0], p[1], p[2]))  # [N, 2]
+    def delta(p: torch.Tensor) -> torch.Tensor:
+        return path_difference(system, p[:, 0], p[:, 1], p[:, 2])  # [S, N]
 
+    eye = torch.eye(3, dtype=params.dtype, device=params.device)
     with warnings.catch_warnings():
         # torch's forward-AD decompositions still call torch.jit.script on first use (torch-internal).
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
-        jac = vmap(jacfwd(real_view))(params)  # [S, N, 2, 3]
-    a = torch.view_as_complex(vmap(real_view)(params).contiguous())
-    return a, torch.complex(jac[..., 0, :], jac[..., 1, :])
+        columns = [jvp(delta, (params,), (eye[j].expand_as(params),)) for j in range(3)]
+    a = steering(system, params[:, 0], params[:, 1], params[:, 2])
+    k0 = 2.0 * math.pi / system.wavelength_m
+    d_delta = torch.stack([c[1] for c in columns], -1)  # [S, N, 3]
+    return a, (-1j * k0) * a[..., None] * d_delta
 
 
 def fisher(scenes: CrbScenes, system: SystemConfig) -> torch.Tensor:

@@ -5,9 +5,12 @@ system_model.md ("Baselines", B4 and "Refinement"). The likelihood and the power
 :mod:`.ml_refine`. Public API:
 
 - :func:`ml_localize`: grid search for the first source, then a sequential search (each new
-  source on the grid with the others held), ``ap_cycles`` rounds of alternating projection
-  (each source re-searched with the others held, kept if the likelihood improves) and a joint
-  refinement, for k = 1, 2, … in turn; K̂ by the likelihood order rule or the given (true) K.
+  source on the grid with the others held) and a joint refinement, then ``ap_cycles`` rounds of
+  alternating projection (each source re-searched with the others held at their refined
+  positions, kept if the likelihood improves), each followed by a joint refinement, for
+  k = 1, 2, … in turn; K̂ by the likelihood order rule or the given (true) K. The search
+  re-searches refined rather than grid positions because at high SNR a held source's grid
+  error leaves a residual far above the noise, large enough to hide a weak source.
 - :func:`ml_refine`: a few refinement iterations from given estimates (e.g. the learned
   pipeline's MUSIC peaks and K̂), keeping their count.
 
@@ -46,7 +49,7 @@ class MLConfig:
     min_points_per_axis: int = 5
     """Lower bound on grid points per axis (the 1/r axis of small arrays spans about one cell)."""
     ap_cycles: int = 1
-    """Alternating-projection rounds over all k sources after the sequential step (k ≥ 2)."""
+    """Alternating-projection rounds over all k sources after the first refinement (k ≥ 2), each refined again."""
     refine_iterations: int = 6
     """Fisher-scoring iterations of the joint refinement of every k-source fit."""
     refine_damping: float = 1e-3
@@ -114,11 +117,12 @@ def ml_fits(system: SystemConfig, meas: Measurements, max_sources: int, config: 
     for k in range(1, max_sources + 1):
         new = _search(system, meas, held, held_powers, config)
         x = torch.cat([held, new[:, None].to(torch.float64)], 1)
+        everyone = torch.ones(B, k, dtype=torch.bool, device=device)
+        x, nll, powers = refine(system, meas, x, everyone, config.refine_iterations, config.refine_damping)
         if k > 1:
             for _ in range(config.ap_cycles):
                 x = _alternate(system, meas, x, config)
-        everyone = torch.ones(B, k, dtype=torch.bool, device=device)
-        x, nll, powers = refine(system, meas, x, everyone, config.refine_iterations, config.refine_damping)
+                x, nll, powers = refine(system, meas, x, everyone, config.refine_iterations, config.refine_damping)
         fits.append(MLFit(positions=x, powers=powers, nll=nll))
         held, held_powers = x, powers
     return fits

@@ -18,6 +18,10 @@ Powers given positions (non-negative, total fixed by the SNR's definition): the 
 least-squares fit of the second-order statistics, ``min_{p ≥ 0} Σ_l ‖y_l y_l^H − σ² I − B_l P B_l^H‖_F²``
 (exact, by enumerating the 2^S supports, S ≤ 5), then scaled so that
 ``Σ_k p_k Σ_l ‖G_l a_k‖² = SNR·L·M·σ²``. For one source that is ``p = SNR·L·M·σ² / Σ_l ‖G_l a‖²``.
+From there a few projected Fisher-scoring steps of the likelihood itself (each rescaled to that
+energy, each kept only where it lowers the NLL) make the NLL the likelihood concentrated in the
+powers: the moment fit weighs snapshots' cross terms that the likelihood does not, and with
+several overlapping sources it can leave one at power 0.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ CODE_MODULUS_TOL = 1e-3
 #: Ridge on the NNLS normal equations relative to their largest diagonal entry: two slots at
 #: one position make them singular.
 NNLS_RIDGE_REL = 1e-12
+#: Fisher-scoring steps of the powers after the moment fit. The moment fit alone can set a source's
+#: power to 0 where several sources overlap (`full`, K = 5 at 30 dB: an NLL 13 000 above that
+#: of the true powers); three steps reach the likelihood's optimum to 1e-6 nats on those scenes.
+POWER_SCORING_ITERATIONS = 3
 
 
 @dataclass
@@ -203,6 +211,51 @@ def estimate_powers(meas: Measurements, gram: torch.Tensor, z: torch.Tensor, act
     return share * meas.signal_energy[:, None]
 
 
+def _power_scoring_step(meas: Measurements, gram: torch.Tensor, z: torch.Tensor, active: torch.Tensor,
+                        powers: torch.Tensor) -> torch.Tensor:
+    """One projected Fisher-scoring step of the powers ``[B, S]`` on the NLL, rescaled to the SNR's energy.
+
+    With ``Q_l = B_l^H C_l^-1 B_l`` and ``u_l = B_l^H C_l^-1 y_l`` (S×S by Woodbury), the gradient is
+    ``g_k = Σ_l (Q_l,kk − |u_l,k|²)`` and the Fisher matrix ``F_kj = Σ_l |Q_l,kj|²``.
+    """
+    slots = gram.shape[-1]
+    sigma2 = meas.noise_var[:, None, None, None]
+    root = powers.clamp_min(torch.finfo(torch.float64).tiny).sqrt().to(gram.dtype)[:, None, :]  # [B, 1, S]
+    eye = torch.eye(slots, dtype=gram.dtype, device=gram.device)
+    rg = root[..., :, None] * gram  # P^½ B^H B  [B, L, S, S]
+    inner = sigma2 * eye + rg * root[..., None, :]  # σ² I + P^½ B^H B P^½
+    solved = torch.linalg.solve(inner, torch.cat([rg, (root * z).unsqueeze(-1)], -1))
+    Q = (gram - rg.mH @ solved[..., :slots]) / sigma2
+    u = (z - (rg.mH @ solved[..., slots:]).squeeze(-1)) / sigma2[..., 0]
+    gradient = (torch.diagonal(Q, dim1=-2, dim2=-1).real - u.real.square() - u.imag.square()).sum(1)  # [B, S]
+    real_eye = torch.eye(slots, dtype=gradient.dtype, device=gradient.device)
+    F = torch.where(active[:, :, None] & active[:, None, :], (Q.real.square() + Q.imag.square()).sum(1), real_eye)
+    # Two slots at one position make F singular, as they make the moment fit's normal equations.
+    ridge = NNLS_RIDGE_REL * torch.diagonal(F, dim1=-2, dim2=-1).amax(-1).clamp_min(torch.finfo(F.dtype).tiny)
+    step, info = torch.linalg.solve_ex(F + ridge[:, None, None] * real_eye, gradient.unsqueeze(-1))
+    usable = (info == 0)[:, None] & active & torch.isfinite(step[..., 0])
+    p = torch.where(usable, powers - step[..., 0], powers).clamp_min(0.0)
+    fitted = (p * torch.diagonal(gram, dim1=-2, dim2=-1).real.sum(1)).sum(-1)
+    scale = meas.signal_energy / fitted.clamp_min(torch.finfo(p.dtype).tiny)
+    return torch.where((fitted > 0)[:, None], p * scale[:, None], powers)
+
+
+def fit_powers(meas: Measurements, gram: torch.Tensor, z: torch.Tensor, active: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL ``[B]``, powers ``[B, S]``): the moment fit, then :data:`POWER_SCORING_ITERATIONS`
+    Fisher-scoring steps of the likelihood, each kept where it lowers the NLL (so it never rises)."""
+    powers = estimate_powers(meas, gram, z, active)
+    M = meas.y.shape[-1]
+    nll = negative_log_likelihood(meas.noise_var, meas.y_norm2, M, gram, z, powers)
+    for _ in range(POWER_SCORING_ITERATIONS):
+        trial = _power_scoring_step(meas, gram, z, active, powers)
+        value = negative_log_likelihood(meas.noise_var, meas.y_norm2, M, gram, z, trial)
+        better = value < nll
+        powers = torch.where(better[:, None], trial, powers)
+        nll = torch.where(better, value, nll)
+    return nll, powers
+
+
 def negative_log_likelihood(noise_var: torch.Tensor, y_norm2: torch.Tensor, num_antennas: int,
                             gram: torch.Tensor, z: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
     """``Σ_l [log det C_l + y_l^H C_l^-1 y_l]`` ``[B]`` (float64; the constant L·M·log π left out)
@@ -230,6 +283,4 @@ def concentrated_nll(system: SystemConfig, meas: Measurements, positions: torch.
     """
     a = source_steering(system, positions)
     gram, z = projections(meas, a)
-    powers = estimate_powers(meas, gram, z, active)
-    nll = negative_log_likelihood(meas.noise_var, meas.y_norm2, meas.y.shape[-1], gram, z, powers)
-    return nll, powers
+    return fit_powers(meas, gram, z, active)
