@@ -31,6 +31,8 @@ class LossWeights:
     """MUSIC-like peak contrast at the true steering vectors."""
     lam_ortho: float = 0.0
     """Coupling between span(A) and its complement through R_eff (invariance of span(A))."""
+    lam_locate: float = 0.0
+    """Soft-argmax position loss: the MUSIC-like null of R_eff at each true source against its neighbours."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

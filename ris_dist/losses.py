@@ -1,7 +1,7 @@
 """Training losses on the effective covariance R_eff (what MUSIC sees) and on the K head.
 
 Terms (raw key -> weight): nmse -> lam_cov, k -> lam_k, gap -> lam_gap,
-subspace -> lam_subspace, peak -> lam_peak, ortho -> lam_ortho.
+subspace -> lam_subspace, peak -> lam_peak, ortho -> lam_ortho, locate -> lam_locate.
 
 Structure terms use the TRUE K and the true steering vectors. Rules they all obey:
 * scale-free: they are computed on R̄ = N·R/tr(R), so R -> c·R (c > 0) changes nothing;
@@ -31,14 +31,14 @@ from .covariance import effective_covariance
 from .loss_config import LossConfig, LossWeights, StructureForm
 from .model.net import ModelOutput
 from .physics.simulate import SceneBatch
-from .physics.steering import steering
+from .physics.steering import direction_cosines, resolution_cells, steering
 
 TERM_WEIGHTS: dict[str, str] = {
     "nmse": "lam_cov", "k": "lam_k", "gap": "lam_gap",
-    "subspace": "lam_subspace", "peak": "lam_peak", "ortho": "lam_ortho",
+    "subspace": "lam_subspace", "peak": "lam_peak", "ortho": "lam_ortho", "locate": "lam_locate",
 }
 """raw/weighted key -> the LossWeights field that scales it."""
-STRUCTURE_TERMS = ("gap", "subspace", "peak", "ortho")
+STRUCTURE_TERMS = ("gap", "subspace", "peak", "ortho", "locate")
 
 DELTA_REL = 1e-3
 """Denominator guard of the gap ratio, relative to the mean eigenvalue (1 for R̄). It only
@@ -46,6 +46,14 @@ acts where signal and noise levels are both ≈ 0 (0/0), bounding the gradient t
 PEAK_MU_REL = 1e-3
 """μ of the resolvent (R̄ + μI)^{-1} in the peak term, relative to the mean eigenvalue.
 The oracle value is O(μ/λ_K(R̄)) (≈1e-4 on tiny), not exactly 0; gradients are O(1/μ)."""
+LOCATE_OFFSETS_CELLS = (-1.0, -0.5, 0.5, 1.0)
+"""Neighbours of each true source in the locate term: these offsets, in resolution cells, along
+the u and the w axis in turn (8 neighbours and the truth itself). The 1/r axis is left out: on
+`tiny` the configured range interval spans less than one 1/r cell, so a range neighbour's null is
+nearly as deep as the truth's even for R_true (an oracle value of ~0.5 per source)."""
+LOCATE_TEMPERATURE = 0.05
+"""Temperature of the locate term's softmax over the scale-free null spectrum (1 at R̄ = I): at
+the oracle the ½-cell neighbours stand ~0.6 above the truth, 12 temperatures."""
 
 
 @dataclass
@@ -90,6 +98,8 @@ class _Truth:
     A: torch.Tensor
     mask: torch.Tensor
     K: torch.Tensor
+    patch: torch.Tensor
+    """[B, Kmax, P, N] unit-norm steering at each source (index 0) and its locate-term neighbours."""
 
 
 def true_subspace(system: SystemConfig, batch: SceneBatch, dtype: torch.dtype) -> _Truth:
@@ -106,7 +116,29 @@ def true_subspace(system: SystemConfig, batch: SceneBatch, dtype: torch.dtype) -
     mask = torch.gather(valid, 1, order)
     A = torch.where(mask[..., None], A, torch.zeros((), dtype=A.dtype, device=A.device)).mT  # [B, N, Kmax]
     Q = torch.linalg.qr(A).Q * mask[:, None, :]
-    return _Truth(Q=Q.to(dtype), A=A.to(dtype), mask=mask, K=batch.num_sources.to(torch.int64))
+    patch = _locate_patch(system, az, el, r)
+    patch = torch.where(mask[..., None, None], patch, torch.zeros((), dtype=patch.dtype, device=patch.device))
+    return _Truth(Q=Q.to(dtype), A=A.to(dtype), mask=mask, K=batch.num_sources.to(torch.int64), patch=patch.to(dtype))
+
+
+def _locate_patch(system: SystemConfig, az: torch.Tensor, el: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Steering ``[B, K, P, N]`` at (φ, θ, r) ``[B, K]`` and its neighbours along u and w (same range)."""
+    f64 = dict(dtype=torch.float64, device=az.device)
+    cell_u, cell_w, _ = resolution_cells(system)
+    steps = torch.tensor(LOCATE_OFFSETS_CELLS, **f64)
+    zero = torch.zeros(1, **f64)
+    du = torch.cat([zero, steps * cell_u, torch.zeros_like(steps)])  # [P], the truth first
+    dw = torch.cat([zero, torch.zeros_like(steps), steps * cell_w])
+    u, w = direction_cosines(az, el)
+    # Keep every neighbour inside the visible disc u² + w² < 1.
+    w_n = (w[..., None] + dw).clamp(-0.999, 0.999)
+    limit = 0.999 * torch.sqrt(1.0 - w_n * w_n)
+    u_n = torch.maximum(torch.minimum(u[..., None] + du, limit), -limit)
+    elevation = torch.asin(w_n)
+    azimuth = torch.asin(u_n / torch.cos(elevation))
+    # Padding slots (range 0) get a finite placeholder range; the caller zeroes their steering.
+    range_m = torch.where(r > 0, r, torch.ones_like(r))[..., None].expand_as(u_n)
+    return steering(system, torch.rad2deg(azimuth), torch.rad2deg(elevation), range_m)
 
 
 def _poison(R: torch.Tensor) -> torch.Tensor:
@@ -226,7 +258,29 @@ def ortho_term(spec: _Spectrum, t: _Truth, form: StructureForm) -> torch.Tensor:
     return torch.linalg.eigvalsh(0.5 * (gram + gram.mH))[..., -1] / scale
 
 
-_TERM_FNS = {"gap": gap_term, "subspace": subspace_term, "peak": peak_term, "ortho": ortho_term}
+def locate_term(spec: _Spectrum, t: _Truth, form: StructureForm) -> torch.Tensor:
+    """[B] ≥ 0: mean over the valid sources of −log softmax(−c/τ) at the truth, a soft-argmax
+    (cross-entropy) position loss on a MUSIC-like spectrum over a patch around each source.
+
+    c_j = a_j^H X^{-1} a_j / b is the peak term's scale-free null spectrum (resolvent X = R̄ + μI,
+    background b = tr(X^{-1})/N, no eigenvector in the graph) at the truth and its neighbours
+    ±½ and ±1 resolution cell along u and w (:data:`LOCATE_OFFSETS_CELLS`). Unlike the peak
+    term, which compares the truth with the isotropic background, it asks that the spectrum's
+    minimum lie at the truth rather than a cell away: it penalizes a shifted or flat null.
+    ≈ 0 at the oracle, log 9 at R̄ = I. ``form`` is unused (one form: the resolvent's).
+    """
+    Rb = spec.Rb
+    N = Rb.shape[-1]
+    Xi = torch.linalg.inv(Rb + PEAK_MU_REL * torch.eye(N, dtype=Rb.dtype, device=Rb.device))
+    background = torch.diagonal(Xi, dim1=-2, dim2=-1).real.sum(-1) / N
+    a = t.patch  # [B, K, P, N]
+    null = torch.einsum("bkpn,bnm,bkpm->bkp", a.conj(), Xi, a).real / background[:, None, None]
+    nll = -torch.log_softmax(-null / LOCATE_TEMPERATURE, dim=-1)[..., 0]  # [B, K]
+    return torch.where(t.mask, nll, torch.zeros_like(nll)).sum(-1) / t.K.to(nll.dtype)
+
+
+_TERM_FNS = {"gap": gap_term, "subspace": subspace_term, "peak": peak_term, "ortho": ortho_term,
+             "locate": locate_term}
 
 
 def structure_terms(R: torch.Tensor, truth: _Truth, form: StructureForm,
