@@ -4,7 +4,7 @@ SLURM sends SIGUSR1/SIGUSR2 (``--signal``) or SIGTERM before it kills or requeue
 A handler must not touch collectives or files, so it records the request; every rank then
 contributes :meth:`PreemptionFlag.local_signal` to the step gate's MAX all-reduce (an
 unconditional collective that runs anyway, so the flag costs no extra collective or host
-sync), and all ranks save together and exit with ``EXIT_REQUEUE``.
+sync), and all ranks save together and exit with ``EXIT_REQUEUE`` (:mod:`ris_dist.exit_codes`).
 """
 
 from __future__ import annotations

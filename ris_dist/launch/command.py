@@ -12,8 +12,6 @@ from .profile import ClusterProfile, check_overrides, check_run_name
 from .recipe import DEFAULT_RECIPE, check_recipe, recipe_config
 
 MAX_PHASE = 3
-REQUEUE_EXIT = 75
-GATE_FAILED_EXIT = 3  # ris_dist.train's code for a failed phase gate (EXIT_GATE_FAILED)
 
 
 @dataclass(frozen=True)

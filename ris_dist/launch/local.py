@@ -7,7 +7,8 @@ import socket
 import sys
 from pathlib import Path
 
-from .command import GATE_FAILED_EXIT, REQUEUE_EXIT, PhaseRequest, gate_status, resolve, to_shell, train_command
+from ..exit_codes import EXIT_GATE_FAILED, EXIT_REQUEUE
+from .command import PhaseRequest, gate_status, resolve, to_shell, train_command
 from .profile import ClusterProfile
 from .supervise import Supervisor
 
@@ -26,13 +27,13 @@ def run_local(profile: ClusterProfile, req: PhaseRequest, root: Path, python: st
         print(f"[local] phase {phase}: {to_shell(argv)}", flush=True)
         sup = Supervisor(argv, root, env=env, grace_s=profile.signal_delay_s, launcher=profile.engine != "single")
         rc, preempted = sup.run()
-        if preempted or rc == REQUEUE_EXIT:
+        if preempted or rc == EXIT_REQUEUE:
             print(f"[local] phase {phase}: interrupted (checkpoint saved); rerun the same command to resume",
                   file=sys.stderr, flush=True)
-            return REQUEUE_EXIT
+            return EXIT_REQUEUE
         if rc != 0:
             # The exit code, not gate.json, says why: a stale gate.json of an earlier attempt may be there.
-            why = " (phase gate failed)" if rc == GATE_FAILED_EXIT else ""
+            why = " (phase gate failed)" if rc == EXIT_GATE_FAILED else ""
             print(f"error: phase {phase} exited {rc}{why}; later phases not started", file=sys.stderr, flush=True)
             return rc if rc > 0 else 1
         gate = gate_status(req.run_dir(root, phase))

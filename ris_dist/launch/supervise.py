@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from .command import REQUEUE_EXIT
+from ..exit_codes import EXIT_REQUEUE
 
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 FORWARD_EVERY_S = 5.0
@@ -137,10 +137,10 @@ class Supervisor:
                         self._kill_tree(signal.SIGKILL)
                         killed = 2
                 time.sleep(0.2)
-            if rc == REQUEUE_EXIT and self.signalled_at is None and wait_for_signal_s > 0:
+            if rc == EXIT_REQUEUE and self.signalled_at is None and wait_for_signal_s > 0:
                 deadline = time.monotonic() + wait_for_signal_s
                 while self.signalled_at is None and time.monotonic() < deadline:
                     time.sleep(0.2)
-            return rc, (self.signalled_at is not None or rc == REQUEUE_EXIT)
+            return rc, (self.signalled_at is not None or rc == EXIT_REQUEUE)
         finally:
             self.restore()

@@ -59,22 +59,37 @@ def _require(kind: str, names: tuple[str, ...], first: dict[str, float], final: 
                              "across a change of its validation settings? rerun the phase from its start)")
 
 
+def _rises(metric: str, final, first, gate) -> dict[str, Any]:
+    return improves(metric, final, first, True, 1.0)
+
+
+def _falls(metric: str, final, first, gate) -> dict[str, Any]:
+    return improves(metric, final, first, False, 0.0)
+
+
+def _holds(metric: str, final, first, gate) -> dict[str, Any]:
+    return not_below(metric, final, first, gate.drop_tol)
+
+
+def _within_rmse_tol(metric: str, final, first, gate) -> dict[str, Any]:
+    return not_above_rel(metric, final, first, gate.rmse_tol)
+
+
+#: Each localization phase's criteria besides the RMSEs (which every one of them holds within
+#: ``rmse_tol``). Phase 1, "trend the right way": success and k_loc rise, K_acc does not fall.
+PHASE_RULES = {
+    "phase1": (("success", _rises), ("k_loc", _rises), ("K_acc", _holds)),
+    "phase2": (("K_acc", _rises), ("K_under", _falls)),
+    "phase3": (("K_acc", _holds), ("success", _holds)),
+}
+
+
 def phase_criteria(kind: str, gate, first: dict[str, float], final: dict[str, float]) -> list[dict[str, Any]]:
-    counts = {"phase1": ("success", "k_loc", "K_acc"), "phase2": ("K_acc", "K_under"), "phase3": ("K_acc", "success")}
-    if kind in counts:
-        _require(kind, counts[kind] + _rmses(gate), first, final)
-    if kind == "phase1":
-        # "Trend the right way": success and k_loc must rise; K_acc must not fall, the RMSEs stay within rmse_tol.
-        return [improves("success", final, first, True, 1.0), improves("k_loc", final, first, True, 1.0),
-                not_below("K_acc", final, first, gate.drop_tol),
-                *(not_above_rel(m, final, first, gate.rmse_tol) for m in _rmses(gate))]
-    if kind == "phase2":
-        return [improves("K_acc", final, first, True, 1.0), improves("K_under", final, first, False, 0.0),
-                *(not_above_rel(m, final, first, gate.rmse_tol) for m in _rmses(gate))]
-    if kind == "phase3":
-        return [not_below("K_acc", final, first, gate.drop_tol), not_below("success", final, first, gate.drop_tol),
-                *(not_above_rel(m, final, first, gate.rmse_tol) for m in _rmses(gate))]
-    raise ValueError(f"gate.kind {kind!r} has no localization criteria")
+    if kind not in PHASE_RULES:
+        raise ValueError(f"gate.kind {kind!r} has no localization criteria")
+    rules = PHASE_RULES[kind] + tuple((metric, _within_rmse_tol) for metric in _rmses(gate))
+    _require(kind, tuple(metric for metric, _ in rules), first, final)
+    return [rule(metric, final, first, gate) for metric, rule in rules]
 
 
 def evaluate_phase_gate(cfg, selftest: dict[str, float], first_val: dict[str, float],

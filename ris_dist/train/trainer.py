@@ -26,6 +26,7 @@ from ..distributed.backend import DeepSpeedBackend, TorchBackend, configure_deep
 from ..distributed.gate import GateDecision, step_gate
 from ..distributed.precision import check_launch_precision, deepspeed_precision_blocks, read_deepspeed_json
 from ..distributed.preempt import PreemptionFlag
+from ..exit_codes import EXIT_GATE_FAILED, EXIT_OK, EXIT_REQUEUE
 from ..localize import SuccessTable
 from ..losses import LossWeights, compute_loss, format_selftest, selftest
 from ..model import build_model
@@ -45,10 +46,6 @@ from .weights import calibrate, weights_at
 
 logger = logging.getLogger("ris_dist.train")
 
-EXIT_OK = 0
-EXIT_GATE_FAILED = 3
-#: Exit code after a preemption signal: a checkpoint was saved, requeue the job.
-EXIT_REQUEUE = 75
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from ris_dist.launch.command import REQUEUE_EXIT
+from ris_dist.exit_codes import EXIT_REQUEUE
 from ris_dist.launch.supervise import Supervisor
 
 RANK = textwrap.dedent("""
@@ -63,7 +63,7 @@ def test_preemption_signal_reaches_only_the_ranks(tmp_path):
     helper_alive = psutil.pid_exists(helper_pid) and psutil.Process(helper_pid).status() != psutil.STATUS_ZOMBIE
     if helper_alive:
         psutil.Process(helper_pid).kill()
-    assert rc == REQUEUE_EXIT and preempted  # both ranks saw SIGUSR1 and exited 75
+    assert rc == EXIT_REQUEUE and preempted  # both ranks saw SIGUSR1 and exited 75
     ready = {p.name.split("-")[1] for p in tmp_path.glob("ready-*")}
     saved = {p.name.split("-")[1] for p in tmp_path.glob("saved-*")}
     assert len(ready) == 2 and saved == ready
