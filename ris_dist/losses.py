@@ -28,6 +28,7 @@ import torch.nn.functional as F_nn
 
 from .config import SystemConfig
 from .covariance import effective_covariance
+from .localize.grid import uwr_to_angles
 from .loss_config import LossConfig, LossWeights, StructureForm
 from .model.net import ModelOutput
 from .physics.simulate import SceneBatch
@@ -134,11 +135,10 @@ def _locate_patch(system: SystemConfig, az: torch.Tensor, el: torch.Tensor, r: t
     w_n = (w[..., None] + dw).clamp(-0.999, 0.999)
     limit = 0.999 * torch.sqrt(1.0 - w_n * w_n)
     u_n = torch.maximum(torch.minimum(u[..., None] + du, limit), -limit)
-    elevation = torch.asin(w_n)
-    azimuth = torch.asin(u_n / torch.cos(elevation))
     # Padding slots (range 0) get a finite placeholder range; the caller zeroes their steering.
-    range_m = torch.where(r > 0, r, torch.ones_like(r))[..., None].expand_as(u_n)
-    return steering(system, torch.rad2deg(azimuth), torch.rad2deg(elevation), range_m)
+    inv_r = 1.0 / torch.where(r > 0, r, torch.ones_like(r))[..., None].expand_as(u_n)
+    azimuth, elevation, range_m = uwr_to_angles(torch.stack([u_n, w_n, inv_r], -1))
+    return steering(system, azimuth, elevation, range_m)
 
 
 def _poison(R: torch.Tensor) -> torch.Tensor:
@@ -171,12 +171,22 @@ class _Spectrum:
     def __init__(self, Rb: torch.Tensor) -> None:
         self.Rb = Rb
         self._lam: torch.Tensor | None = None
+        self._resolvent: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def lam(self) -> torch.Tensor:
         if self._lam is None:
             self._lam = torch.linalg.eigvalsh(self.Rb)
         return self._lam
+
+    @property
+    def resolvent(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(X^{-1} ``[B, N, N]``, background tr(X^{-1})/N ``[B]``) for X = R̄ + μI (peak and locate terms)."""
+        if self._resolvent is None:
+            N = self.Rb.shape[-1]
+            Xi = torch.linalg.inv(self.Rb + PEAK_MU_REL * torch.eye(N, dtype=self.Rb.dtype, device=self.Rb.device))
+            self._resolvent = (Xi, torch.diagonal(Xi, dim1=-2, dim2=-1).real.sum(-1) / N)
+        return self._resolvent
 
 
 def gap_term(spec: _Spectrum, t: _Truth, form: StructureForm) -> torch.Tensor:
@@ -229,10 +239,7 @@ def peak_term(spec: _Spectrum, t: _Truth, form: StructureForm) -> torch.Tensor:
         svd:       c = λ_max(Q^H X^{-1} Q) / b               (worst direction in span A)
     c = 1 at R̄ = I (no contrast), c = O(μ/λ_K) at the oracle.
     """
-    Rb = spec.Rb
-    N = Rb.shape[-1]
-    Xi = torch.linalg.inv(Rb + PEAK_MU_REL * torch.eye(N, dtype=Rb.dtype, device=Rb.device))
-    background = torch.diagonal(Xi, dim1=-2, dim2=-1).real.sum(-1) / N
+    Xi, background = spec.resolvent
     if form == "projector":
         per_source = torch.diagonal(_herm_quad(t.A, Xi), dim1=-2, dim2=-1).real  # 0 on invalid slots
         c = per_source.sum(-1) / t.K.to(per_source.dtype) / background
@@ -269,10 +276,7 @@ def locate_term(spec: _Spectrum, t: _Truth, form: StructureForm) -> torch.Tensor
     minimum lie at the truth rather than a cell away: it penalizes a shifted or flat null.
     ≈ 0 at the oracle, log 9 at R̄ = I. ``form`` is unused (one form: the resolvent's).
     """
-    Rb = spec.Rb
-    N = Rb.shape[-1]
-    Xi = torch.linalg.inv(Rb + PEAK_MU_REL * torch.eye(N, dtype=Rb.dtype, device=Rb.device))
-    background = torch.diagonal(Xi, dim1=-2, dim2=-1).real.sum(-1) / N
+    Xi, background = spec.resolvent
     a = t.patch  # [B, K, P, N]
     null = torch.einsum("bkpn,bnm,bkpm->bkp", a.conj(), Xi, a).real / background[:, None, None]
     nll = -torch.log_softmax(-null / LOCATE_TEMPERATURE, dim=-1)[..., 0]  # [B, K]
