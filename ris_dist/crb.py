@@ -62,8 +62,7 @@ def steering_and_jacobian(system: SystemConfig, params: torch.Tensor) -> tuple[t
     """Steering ``a [S, N]`` and ``∂a/∂(φ_deg, θ_deg, r_m)`` ``[S, N, 3]`` for params ``[S, 3]`` (float64).
 
     ``a_n = N^-½ exp(−i k₀ δ_n)``, so ``∂a_n = −i k₀ a_n ∂δ_n``; the three columns of ``∂δ`` are
-    forward-mode derivatives of the path difference, each one pass over all S at once (the
-    vmapped ``jacfwd`` of the steering it replaces took ~10× longer on CPU).
+    forward-mode derivatives of the path difference, each one pass over all S at once.
     """
     def delta(p: torch.Tensor) -> torch.Tensor:
         return path_difference(system, p[:, 0], p[:, 1], p[:, 2])  # [S, N]
