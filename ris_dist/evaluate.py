@@ -378,6 +378,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="model+ml_k: weight of the K head's log-probabilities (default 1; 0 = plain BIC)")
     p.add_argument("--ml-k-extra-starts", type=int, default=None,
                    help="model+ml_k: MUSIC runner-up peaks scored as starts beyond k (default 2)")
+    p.add_argument("--ml-k-grid-start-below-db", type=float, default=None,
+                   help="model+ml_k: scenes below this SNR (dB) also start from B4's one-source grid maximum "
+                        "(default -inf: none; inf: all)")
     p.add_argument("--device", default=None, help="torch device for the methods and the CRB (default cpu)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
@@ -387,7 +390,7 @@ def _select_config(args: argparse.Namespace) -> Any:
     from .localize.ml_select import SelectConfig
 
     knobs = {"order_penalty": args.ml_k_penalty, "prior_weight": args.ml_k_prior_weight,
-             "extra_starts": args.ml_k_extra_starts}
+             "extra_starts": args.ml_k_extra_starts, "grid_start_below_db": args.ml_k_grid_start_below_db}
     try:
         return SelectConfig(**{k: v for k, v in knobs.items() if v is not None})
     except ValueError as err:
@@ -403,7 +406,7 @@ def _run(args: argparse.Namespace) -> list[Path]:
         raise EvaluateError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.beta is not None and not (args.checkpoint and 0.0 <= args.beta <= 1.0):
         raise EvaluateError(f"--beta {args.beta}: needs --checkpoint and a value in [0, 1]")
-    select_knobs = [args.ml_k_penalty, args.ml_k_prior_weight, args.ml_k_extra_starts]
+    select_knobs = [args.ml_k_penalty, args.ml_k_prior_weight, args.ml_k_extra_starts, args.ml_k_grid_start_below_db]
     if any(v is not None for v in select_knobs) and "model+ml_k" not in methods:
         raise EvaluateError("--ml-k-*: only model+ml_k uses them; name it with --method (and give --checkpoint)")
     test_dir = Path(args.test_set)

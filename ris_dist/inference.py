@@ -274,7 +274,8 @@ class Localizer:
         y_, H_, codes_, snr_ = self._check_inputs(y, H, codes, snr_db)
         return ml_refine_select(starts, y_, H_, codes_, snr_, self.system, iterations=iterations,
                                 order_penalty=self.select.order_penalty, log_prior=log_prior,
-                                prior_weight=self.select.prior_weight, num_sources=k)
+                                prior_weight=self.select.prior_weight, num_sources=k,
+                                grid_start_below_db=self.select.grid_start_below_db)
 
     def __repr__(self) -> str:
         return (f"Localizer(system={self.system.name!r}, beta={self.beta:g}, k_source={self.k_source!r}, "

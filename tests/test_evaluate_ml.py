@@ -80,6 +80,8 @@ def test_cli_model_ml_refines_the_model(tmp_path, capsys):
     base = ["--checkpoint", str(ckpt), "--test-set", str(split), "--out", str(tmp_path / "o2")]
     assert main([*base, "--method", "model+ml_k", "--ml-k-prior-weight", "-1"]) == 2
     assert "--ml-k-*: prior_weight must be a number >= 0, got -1.0" in capsys.readouterr().err
+    assert main([*base, "--method", "model+ml_k", "--ml-k-grid-start-below-db", "nan"]) == 2
+    assert "--ml-k-*: grid_start_below_db must be a number" in capsys.readouterr().err
     assert main([*base, "--method", "model", "--ml-k-penalty", "0.5"]) == 2
     assert "only model+ml_k uses them" in capsys.readouterr().err
     assert main([*base, "--method", "model+ml_k", "--ml-k-prior-weight", "0", "--ml-k-extra-starts", "1"]) == 0

@@ -12,9 +12,9 @@ from test_ml import CRB_FACTOR, matched_errors, truth
 
 from ris_dist.config import load_system
 from ris_dist.crb import crb
-from ris_dist.localize import localize, ml_refine_select, music_candidates
+from ris_dist.localize import MLConfig, localize, ml_refine_select, music_candidates
 from ris_dist.localize.ml_likelihood import measurements
-from ris_dist.localize.ml_select import best_subset, order_rule
+from ris_dist.localize.ml_select import SelectConfig, best_subset, order_rule
 from ris_dist.physics import sample_covariance, simulate
 from ris_dist.physics.steering import resolution_cells
 
@@ -106,6 +106,36 @@ def test_the_heads_prior_moves_k_hat_and_weight_zero_is_the_plain_bic(tiny_30db_
     uniform = torch.full((1, 2), math.log(0.5), dtype=torch.float64)
     assert order_rule(nll, 16, 1.0, uniform, 1.0).item() == order_rule(nll, 16, 1.0, None, 1.0).item() == 1
     assert order_rule(nll - torch.tensor([[0.0, 20.0]], dtype=torch.float64), 16, 1.0, None, 1.0).item() == 2
+
+
+def test_below_the_threshold_b4s_sequential_start_rescues_starts_far_from_every_source(tiny_30db_mixed):
+    system, batch = tiny_30db_mixed
+    starts = [decoys(system, batch, k + 2) for k in (1, 2)]
+    # From a grid point (≤ 0.15 cell off) the sharp 30 dB likelihood needs B4's 6 iterations, not
+    # model+ml_k's 4 (it then over-fits a second source in 2 of 24 scenes); the threshold keeps the
+    # sequential start below 10 dB, where 4 suffice.
+    args = (starts, batch.y, batch.H, batch.codes, batch.snr_db, system, MLConfig().refine_iterations)
+    rescued = ml_refine_select(*args, grid_start_below_db=math.inf)
+    assert float((rescued.num_sources == batch.num_sources).float().mean()) >= 0.95
+    bound = crb(batch, system).to(torch.float64)
+    found = (matched_errors(rescued, batch) / bound < CRB_FACTOR).all(-1) | ~batch.valid
+    assert float(found.all(-1).float().mean()) >= 0.95, found
+    # MUSIC-like starts alone stay where they were put: far from the sources
+    lost = ml_refine_select(*args, grid_start_below_db=-math.inf)
+    missed = (matched_errors(lost, batch) / bound < CRB_FACTOR).all(-1) & batch.valid
+    assert float(missed.any(-1).float().mean()) < 0.5
+    # the scenes are at 30 dB: a threshold at or below it leaves them to the starts they were given
+    above = ml_refine_select(*args, grid_start_below_db=30.0)
+    for field in ("azimuth_deg", "elevation_deg", "range_m", "valid"):
+        assert torch.equal(getattr(above, field), getattr(lost, field)), field
+
+
+def test_select_config_names_the_bad_knob():
+    with pytest.raises(ValueError, match="grid_start_below_db must be a number"):
+        SelectConfig(grid_start_below_db=math.nan)
+    with pytest.raises(ValueError, match="extra_starts must be an integer >= 0"):
+        SelectConfig(extra_starts=-1)
+    assert SelectConfig(grid_start_below_db=math.inf).grid_start_below_db == math.inf
 
 
 def test_oracle_k_fits_only_that_count_and_everything_stays_in_the_box():

@@ -6,6 +6,9 @@ subspace, :func:`~ris_dist.localize.music.music_candidates`). Per k:
 
 1. the k-subset of the starts with the lowest concentrated NLL (every subset scored in one batched
    call, no derivatives; runners-up rescue scenes where a sidelobe outranks a weak source);
+   below ``grid_start_below_db`` (10 dB, chosen on the dev split) B4's sequential start competes:
+   the scene's refined fit with k − 1 sources held and the k-th at its grid maximum of the
+   likelihood. Where MUSIC on R_eff misses a weak source at low SNR, the grid still finds it;
 2. ``iterations`` joint refinement steps from that subset (:func:`~ris_dist.localize.ml_refine.refine`).
 
 K̂ = argmin_k 2·NLL_k + ``order_penalty``·4k·log L − 2·``prior_weight``·log p(k): B4's BIC
@@ -25,9 +28,10 @@ import torch
 
 from ..config import SystemConfig
 from .estimates import Estimates
-from .ml import bic
-from .ml_likelihood import Measurements, concentrated_nll, measurements
+from .ml import MLConfig, bic
+from .ml_likelihood import Measurements, check_shapes, concentrated_nll, measurements
 from .ml_refine import refine
+from .ml_search import search_new_source
 from .subspace import validate_num_sources
 
 
@@ -41,10 +45,16 @@ class SelectConfig:
     """Multiplier of the BIC penalty 4k·log L; 1 is the BIC."""
     prior_weight: float = 1.0
     """Weight of −2·log p(k | x) from the K head; 0 is the plain BIC."""
+    grid_start_below_db: float = 10.0
+    """Scenes with an SNR below this (dB) also start every k from B4's sequential search: their
+    k − 1 fit held and the k-th source at its grid maximum of the likelihood, kept where it beats
+    MUSIC's best subset (−inf: never, inf: always)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.extra_starts, bool) or not isinstance(self.extra_starts, int) or self.extra_starts < 0:
             raise ValueError(f"extra_starts must be an integer >= 0, got {self.extra_starts!r}")
+        if not isinstance(self.grid_start_below_db, (int, float)) or math.isnan(self.grid_start_below_db):
+            raise ValueError(f"grid_start_below_db must be a number (dB, ±inf allowed), got {self.grid_start_below_db!r}")
         for key in ("order_penalty", "prior_weight"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -64,6 +74,29 @@ def best_subset(system: SystemConfig, meas: Measurements, starts: torch.Tensor, 
     return trial[torch.arange(B, device=starts.device), best]
 
 
+def _sequential_start(system: SystemConfig, meas: Measurements, held: torch.Tensor, held_powers: torch.Tensor
+                      ) -> torch.Tensor:
+    """B4's sequential search step ``[B, k, 3]``: the fit with k − 1 sources held, the k-th at its grid maximum."""
+    ml = MLConfig()
+    new = search_new_source(system, meas, held, held_powers, ml.grid_spacing_cells, ml.min_points_per_axis,
+                            ml.chunk_elements)
+    return torch.cat([held, new[:, None].to(held.dtype)], 1)
+
+
+def _everyone(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+
+
+def _better_of(system: SystemConfig, meas: Measurements, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Per scene, whichever of two k-source configurations ``[B, k, 3]`` has the lower concentrated NLL."""
+    k = first.shape[1]
+    both = torch.stack([first, second], 1).reshape(-1, k, 3)  # scene-major, as Measurements.repeat
+    value, _ = concentrated_nll(system, meas.repeat(2), both, _everyone(both))
+    value = value.reshape(-1, 2)
+    take_second = value[:, 1] < value[:, 0]
+    return torch.where(take_second[:, None, None], second, first)
+
+
 def order_rule(nll: torch.Tensor, num_snapshots: int, order_penalty: float,
                log_prior: torch.Tensor | None, prior_weight: float) -> torch.Tensor:
     """K̂ ``[B]`` in 1..K from the NLLs ``[B, K]`` of the k = 1..K fits (lower criterion wins)."""
@@ -77,12 +110,15 @@ def order_rule(nll: torch.Tensor, num_snapshots: int, order_penalty: float,
 def ml_refine_select(starts: Sequence[torch.Tensor | None], y: torch.Tensor, H: torch.Tensor, codes: torch.Tensor,
                      snr_db, system: SystemConfig, iterations: int = 4, order_penalty: float = 1.0,
                      log_prior: torch.Tensor | None = None, prior_weight: float = 1.0,
-                     num_sources: torch.Tensor | None = None, damping: float = 1e-3) -> Estimates:
+                     num_sources: torch.Tensor | None = None, damping: float = 1e-3,
+                     grid_start_below_db: float = 10.0) -> Estimates:
     """Fit k = 1..K_max sources from ``starts[k-1] [B, C_k ≥ k, 3]`` and pick K̂ by the order rule.
 
     ``log_prior [B, K_max]``: log p(k | x) of the K head (None: no prior). ``num_sources [B]``
-    (the true K) skips the rule and fits only the counts it holds; the starts of other counts may be None. Returns :class:`Estimates`
-    with K_max slots inside the configured (φ, θ, r) box, on the device of ``y``.
+    (the true K) skips the rule and fits only the counts it holds; the starts of other counts may be None.
+    Scenes with ``snr_db < grid_start_below_db`` also start every k from B4's sequential search
+    (their fit with k − 1 held, the k-th source at its grid maximum), where that beats the best subset. Returns :class:`Estimates` with K_max slots inside the configured (φ, θ, r) box, on
+    the device of ``y``.
     """
     kmax, B, device = system.max_sources, y.shape[0], y.device
     if len(starts) != kmax:
@@ -101,13 +137,25 @@ def ml_refine_select(starts: Sequence[torch.Tensor | None], y: torch.Tensor, H: 
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{key} must be >= 0, got {value}")
     meas = measurements(system, y, H, codes, snr_db)
+    low = (check_shapes(system, y, H, codes, snr_db) < grid_start_below_db).nonzero()[:, 0]
+    meas_low = meas.select(low)
+    # B4's sequential start for k holds the low-SNR scenes' fit with k − 1, so those need every smaller k.
+    needed = range(1, max(counts) + 1) if low.numel() else counts
+    held = torch.zeros(low.numel(), 0, 3, dtype=torch.float64, device=device)
+    held_powers = held[..., 0]
     nll = torch.full((B, kmax), math.inf, dtype=torch.float64, device=device)
     fitted = torch.zeros(B, kmax, kmax, 3, dtype=torch.float64, device=device)
-    for k in counts:
+    for k in needed:
+        if k not in counts:  # only the low-SNR scenes' fit, to hold for k + 1
+            x = _sequential_start(system, meas_low, held, held_powers)
+            held, _, held_powers = refine(system, meas_low, x, _everyone(x), int(iterations), damping)
+            continue
         x = best_subset(system, meas, starts[k - 1].to(device, torch.float64), k)
-        active = torch.ones(B, k, dtype=torch.bool, device=device)
-        x, nll[:, k - 1], _ = refine(system, meas, x, active, int(iterations), damping)
+        if low.numel():
+            x[low] = _better_of(system, meas_low, x[low], _sequential_start(system, meas_low, held, held_powers))
+        x, nll[:, k - 1], powers = refine(system, meas, x, _everyone(x), int(iterations), damping)
         fitted[:, k - 1, :k] = x
+        held, held_powers = x[low], powers[low]
     if num_sources is None:
         num_sources = order_rule(nll, system.num_snapshots, order_penalty, log_prior, prior_weight)
     positions = fitted[torch.arange(B, device=device), num_sources - 1]  # [B, K_max, 3]
