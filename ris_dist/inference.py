@@ -20,7 +20,8 @@ the β the run ended with. Nothing here mixes covariances on its own.
 as starting points of a few Fisher-scoring iterations on the stochastic ML likelihood of the
 same measurements (:func:`ris_dist.localize.ml_refine`, system_model.md "Refinement").
 ``refine="ml_k"`` fits every k = 1..K_max that way, from the best k-subset of MUSIC's k + 2 best
-peaks with a k-dimensional signal subspace (knobs: ``select``, a :class:`SelectConfig`), and takes K̂ from the fits' BIC with the K head's
+peaks with a k-dimensional signal subspace (below 10 dB SNR, B4's sequential grid start competes;
+knobs: ``select``, a :class:`SelectConfig`), and takes K̂ from the fits' BIC with the K head's
 probabilities as a prior (:func:`ris_dist.localize.ml_refine_select`); ``k_source="mdl"``
 drops the prior. With ``num_sources`` given, only the counts it holds are fitted.
 """
