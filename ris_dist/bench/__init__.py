@@ -1,5 +1,5 @@
-"""Benchmarks: ``python -m ris_dist.bench <name> [options]`` (simulate, localize, train-step, scaling,
-learnability, gpu).
+"""Benchmarks: ``python -m ris_dist.bench <name> [options]`` (simulate, localize, refine,
+train-step, scaling, learnability, gpu).
 
 Each benchmark is a submodule exposing ``add_arguments(parser)`` and ``run(args) -> dict``;
 ``__main__`` prints the dict as indented JSON on stdout.
@@ -9,6 +9,7 @@ Each benchmark is a submodule exposing ``add_arguments(parser)`` and ``run(args)
 BENCHES: dict[str, str] = {
     "simulate": "simulate",
     "localize": "localize",
+    "refine": "refine",
     "train-step": "train_step",
     "scaling": "scaling",
     "learnability": "learnability",
