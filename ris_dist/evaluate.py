@@ -379,8 +379,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ml-k-extra-starts", type=int, default=None,
                    help="model+ml_k: MUSIC runner-up peaks scored as starts beyond k (default 2)")
     p.add_argument("--ml-k-grid-start-below-db", type=float, default=None,
-                   help="model+ml_k: scenes below this SNR (dB) also start from B4's one-source grid maximum "
-                        "(default -inf: none; inf: all)")
+                   help="model+ml_k: scenes below this SNR (dB) also start every k from B4's sequential grid "
+                        "search (default: SelectConfig's, 10; -inf: never; inf: always)")
     p.add_argument("--device", default=None, help="torch device for the methods and the CRB (default cpu)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p

@@ -179,6 +179,7 @@ def test_bad_inputs_give_one_line_errors(tiny_30db_mixed):
         (lambda: ml_refine_select(starts, *args, log_prior=torch.zeros(24, 3)), r"log_prior: expected \[24, 2\]"),
         (lambda: ml_refine_select(starts, *args, prior_weight=-1.0), "prior_weight must be >= 0"),
         (lambda: ml_refine_select(starts, *args, order_penalty=math.nan), "order_penalty must be >= 0"),
+        (lambda: ml_refine_select(starts, *args, grid_start_below_db=math.nan), "grid_start_below_db must be a number"),
         (lambda: ml_refine_select(starts, batch.y, batch.H, batch.codes, batch.snr_db * math.nan, system), "snr_db"),
     ]
     for call, message in cases:

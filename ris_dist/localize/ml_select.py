@@ -117,7 +117,8 @@ def ml_refine_select(starts: Sequence[torch.Tensor | None], y: torch.Tensor, H: 
     ``log_prior [B, K_max]``: log p(k | x) of the K head (None: no prior). ``num_sources [B]``
     (the true K) skips the rule and fits only the counts it holds; the starts of other counts may be None.
     Scenes with ``snr_db < grid_start_below_db`` also start every k from B4's sequential search
-    (their fit with k − 1 held, the k-th source at its grid maximum), where that beats the best subset. Returns :class:`Estimates` with K_max slots inside the configured (φ, θ, r) box, on
+    (their fit with k − 1 held, the k-th source at its grid maximum), where that beats the best
+    subset. Returns :class:`Estimates` with K_max slots inside the configured (φ, θ, r) box, on
     the device of ``y``.
     """
     kmax, B, device = system.max_sources, y.shape[0], y.device
@@ -136,6 +137,8 @@ def ml_refine_select(starts: Sequence[torch.Tensor | None], y: torch.Tensor, H: 
     for key, value in (("iterations", iterations), ("order_penalty", order_penalty), ("prior_weight", prior_weight)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{key} must be >= 0, got {value}")
+    if math.isnan(grid_start_below_db):
+        raise ValueError("grid_start_below_db must be a number (dB, ±inf allowed), got nan")
     meas = measurements(system, y, H, codes, snr_db)
     low = (check_shapes(system, y, H, codes, snr_db) < grid_start_below_db).nonzero()[:, 0]
     meas_low = meas.select(low)
