@@ -33,6 +33,8 @@ class LossWeights:
     """Coupling between span(A) and its complement through R_eff (invariance of span(A))."""
     lam_locate: float = 0.0
     """Soft-argmax position loss: the MUSIC-like null of R_eff at each true source against its neighbours."""
+    lam_null: float = 0.0
+    """MUSIC's null spectrum ‖E_nᴴ a_k‖² of R_eff at the true sources (a smooth noise projector, true K)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -1,7 +1,8 @@
 """Training losses on the effective covariance R_eff (what MUSIC sees) and on the K head.
 
 Terms (raw key -> weight): nmse -> lam_cov, k -> lam_k, gap -> lam_gap,
-subspace -> lam_subspace, peak -> lam_peak, ortho -> lam_ortho, locate -> lam_locate.
+subspace -> lam_subspace, peak -> lam_peak, ortho -> lam_ortho, locate -> lam_locate,
+null -> lam_null.
 
 Structure terms use the TRUE K and the true steering vectors. Rules they all obey:
 * scale-free: they are computed on R̄ = N·R/tr(R), so R -> c·R (c > 0) changes nothing;
@@ -37,9 +38,10 @@ from .physics.steering import direction_cosines, resolution_cells, steering
 TERM_WEIGHTS: dict[str, str] = {
     "nmse": "lam_cov", "k": "lam_k", "gap": "lam_gap",
     "subspace": "lam_subspace", "peak": "lam_peak", "ortho": "lam_ortho", "locate": "lam_locate",
+    "null": "lam_null",
 }
 """raw/weighted key -> the LossWeights field that scales it."""
-STRUCTURE_TERMS = ("gap", "subspace", "peak", "ortho", "locate")
+STRUCTURE_TERMS = ("gap", "subspace", "peak", "ortho", "locate", "null")
 
 DELTA_REL = 1e-3
 """Denominator guard of the gap ratio, relative to the mean eigenvalue (1 for R̄). It only
@@ -52,6 +54,9 @@ LOCATE_OFFSETS_CELLS = (-1.0, -0.5, 0.5, 1.0)
 the u and the w axis in turn (8 neighbours and the truth itself). The 1/r axis is left out: on
 `tiny` the configured range interval spans less than one 1/r cell, so a range neighbour's null is
 nearly as deep as the truth's even for R_true (an oracle value of ~0.5 per source)."""
+NULL_FLOOR_REL = 1e-3
+"""Added to λ_{K+1}(R̄) in the null term's cut μ = √(λ_K (λ_{K+1} + floor)), relative to the mean
+eigenvalue: it keeps μ > 0 for a rank-K R̄ (the oracle) and bounds ∂μ/∂λ_{K+1} by √(λ_K/floor)/2."""
 LOCATE_TEMPERATURE = 0.05
 """Temperature of the locate term's softmax over the scale-free null spectrum (1 at R̄ = I): at
 the oracle the ½-cell neighbours stand ~0.6 above the truth, 12 temperatures."""
@@ -283,8 +288,31 @@ def locate_term(spec: _Spectrum, t: _Truth, form: StructureForm) -> torch.Tensor
     return torch.where(t.mask, nll, torch.zeros_like(nll)).sum(-1) / t.K.to(nll.dtype)
 
 
+def null_term(spec: _Spectrum, t: _Truth, form: StructureForm) -> torch.Tensor:
+    """[B] ∈ [0, 1]: MUSIC's null spectrum at the true sources, mean over the valid k of
+    a_kᴴ P̃_n a_k (unit-norm a_k), with P̃_n a smooth noise projector of R̄ for the true K.
+
+    P̃_n = (I + (R̄/μ)²)^{-1} applies f(λ) = 1/(1 + (λ/μ)²) to R̄'s eigenvalues: ≈ 1 on the noise
+    eigenvalues and ≈ 0 on the signal ones, with the cut μ = √(λ_K (λ_{K+1} + floor)) at the
+    geometric middle of the K-th eigengap (:data:`NULL_FLOOR_REL`). Where the gap is wide it is
+    E_n E_nᴴ, so the term is ‖E_nᴴ a_k‖², the denominator of MUSIC's pseudo-spectrum at the
+    truth. Only eigenvalues (``eigvalsh``) and a solve with I + (R̄/μ)² (eigenvalues ≥ 1) enter
+    the graph, no eigenvector. ≈ floor/λ_K at the oracle, 1/2 at R̄ = I. Evaluated in complex128:
+    I + (R̄/μ)² has a condition number up to (N/μ)². ``form`` is unused (one form).
+    """
+    Rb = spec.Rb.to(torch.complex128)
+    lam = spec.lam.double()
+    mu = torch.sqrt(_kth_largest(lam, t.K) * (_kth_largest(lam, t.K + 1) + NULL_FLOOR_REL))
+    Z = Rb / mu[:, None, None]
+    eye = torch.eye(Rb.shape[-1], dtype=Rb.dtype, device=Rb.device)
+    A = t.A.to(Rb.dtype)
+    filtered = torch.linalg.solve(eye + Z @ Z, A)  # P̃_n A, [B, N, Kmax]; zero on invalid slots
+    per_source = (A.conj() * filtered).sum(-2).real
+    return (per_source.sum(-1) / t.K.to(per_source.dtype)).to(spec.lam.dtype)
+
+
 _TERM_FNS = {"gap": gap_term, "subspace": subspace_term, "peak": peak_term, "ortho": ortho_term,
-             "locate": locate_term}
+             "locate": locate_term, "null": null_term}
 
 
 def structure_terms(R: torch.Tensor, truth: _Truth, form: StructureForm,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from ris_dist.config import ConfigError, build, load_system
 from ris_dist.losses import (
+    NULL_FLOOR_REL,
     STRUCTURE_TERMS,
     LossConfig,
     LossWeights,
@@ -26,7 +28,7 @@ from ris_dist.physics import simulate, true_covariance
 
 FORMS = ("projector", "svd")
 ALL_ON = LossWeights(lam_cov=1.0, lam_k=1.0, lam_gap=1.0, lam_subspace=1.0, lam_peak=1.0, lam_ortho=1.0,
-                    lam_locate=1.0)
+                    lam_locate=1.0, lam_null=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +164,8 @@ def test_structure_terms_zero_at_oracle(system, batch, form):
     for name, v in terms.items():
         # peak is O(μ/λ_K) by construction (resolvent); locate too, plus the softmax mass of a neighbour
         # that lies near a second source's null (≤ 0.0125 here); the others are exact zeros up to rounding.
-        tol = {"peak": 2e-3, "locate": 2e-2}.get(name, 1e-5)
+        # null is ≈ NULL_FLOOR_REL/λ_K (its cut sits just above the oracle's zero noise eigenvalues).
+        tol = {"peak": 2e-3, "locate": 2e-2, "null": 2e-3}.get(name, 1e-5)
         assert v.abs().max().item() < tol, (name, v)
     # ... and clearly not zero on every scene for the biased sample covariance (all terms > 0.03 here),
     samp = structure_terms(batch.R_samp, t, form)
@@ -170,7 +173,7 @@ def test_structure_terms_zero_at_oracle(system, batch, form):
         assert samp[name].min().item() > 1e-2, (name, samp[name])
     # ... nor for R = I, which has no eigengap and no spectral peak at the sources (both ≈ 1/2).
     eye = structure_terms(torch.eye(16, dtype=torch.complex64).expand(len(batch), 16, 16), t, form)
-    for name in ("gap", "peak", "locate"):
+    for name in ("gap", "peak", "locate", "null"):
         assert eye[name].min().item() > 0.2, (name, eye[name])
     # locate at R = I: a flat spectrum, the uniform softmax over the truth and its 8 neighbours.
     torch.testing.assert_close(eye["locate"], torch.full_like(eye["locate"], math.log(9)), rtol=1e-4, atol=1e-4)
@@ -230,6 +233,55 @@ def test_gradcheck_projector_forms_at_degenerate_points(name):
         fn = lambda s, tt, R0=R0: structure_terms(  # noqa: E731
             R0 + _hermitian_perturbation(s, tt), t, "projector", (name,))[name]
         assert torch.autograd.gradcheck(fn, (S, T), eps=1e-6, atol=1e-5, rtol=1e-3), label
+
+
+def _music_null(R: torch.Tensor, A: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid sources of ‖E_nᴴ a_k‖², E_n from ``eigh`` (the textbook MUSIC denominator)."""
+    _, V = torch.linalg.eigh(R)
+    out = []
+    for i in range(R.shape[0]):
+        En = V[i, :, : R.shape[-1] - int(K[i])]
+        out.append(((En.mH @ A[i, :, : int(K[i])]).abs() ** 2).sum(0).mean())
+    return torch.stack(out)
+
+
+def test_null_term_is_musics_null_spectrum_at_the_truth(system, batch):
+    """With a clear eigengap the smooth projector is E_n E_nᴴ: the term equals ‖E_nᴴ a_k‖² for
+    a covariance whose sources sit off the truth (far from 0 and from 1)."""
+    SHIFT_DEG = 10.0
+    t = true_subspace(system, batch, torch.complex128)
+    A = true_subspace(system, dataclasses.replace(batch, azimuth_deg=batch.azimuth_deg + SHIFT_DEG), torch.complex128).A
+    R = A @ A.mH + 1e-5 * torch.eye(system.num_elements, dtype=torch.complex128)
+    exact = _music_null(R, t.A, batch.num_sources)
+    assert exact.min().item() > 0.05 and exact.max().item() < 0.95, exact
+    got = structure_terms(R, t, "projector", ("null",))["null"]
+    torch.testing.assert_close(got, exact, rtol=0, atol=1e-3)
+    # Without a clear gap (the sample covariance) it is the filter 1/(1 + (λ/μ)²) on R̄'s spectrum,
+    # cut at μ = √(λ_K (λ_{K+1} + floor)), written here with eigh.
+    Rb = batch.R_samp.to(torch.complex128)
+    Rb = Rb * (system.num_elements / torch.diagonal(Rb, dim1=-2, dim2=-1).real.sum(-1))[:, None, None]
+    lam, V = torch.linalg.eigh(Rb)
+    n, K = system.num_elements, batch.num_sources
+    rows = torch.arange(len(batch))
+    mu = torch.sqrt(lam[rows, n - K] * (lam[rows, n - K - 1] + NULL_FLOOR_REL))
+    P = V @ torch.diag_embed((1 / (1 + (lam / mu[:, None]) ** 2)).to(V.dtype)) @ V.mH
+    reference = (t.A.conj() * (P @ t.A)).sum(-2).real.sum(-1) / K
+    got = structure_terms(batch.R_samp.to(torch.complex128), t, "projector", ("null",))["null"]
+    torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-9)
+
+
+def test_null_term_gradcheck_at_a_generic_point():
+    """Where λ_K and λ_{K+1} are simple (a sample covariance) the null term is smooth: gradcheck passes."""
+    system = load_system("tiny", ris_h=3, ris_v=2, max_sources=2, num_snapshots=5)
+    batch = simulate(system, range(2), seed=5, split="train")
+    t = true_subspace(system, batch, torch.complex128)
+    R0 = batch.R_samp.to(torch.complex128)
+    B, N = R0.shape[0], R0.shape[-1]
+    S = torch.zeros(B, N, N, dtype=torch.float64, requires_grad=True)
+    T = torch.zeros(B, N, N, dtype=torch.float64, requires_grad=True)
+    fn = lambda s, tt: structure_terms(R0 + 1e-2 * _hermitian_perturbation(s, tt), t, "projector",  # noqa: E731
+                                       ("null",))["null"]
+    assert torch.autograd.gradcheck(fn, (S, T), eps=1e-6, atol=1e-5, rtol=1e-3)
 
 
 def test_structure_terms_mask_invalid_slots(system, batch):

@@ -95,7 +95,7 @@ def test_run_folder_contents(run):
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["loss"]["weights"] == {"lam_cov": 1.0, "lam_k": 0.0, "lam_gap": 0.0, "lam_subspace": 0.0,
                                            "lam_peak": 0.0, "lam_ortho": 0.0,
-                                           "lam_locate": 0.0}
+                                           "lam_locate": 0.0, "lam_null": 0.0}
     assert resolved["max_steps"] == STEPS
     gate = json.loads((run_dir / "gate.json").read_text())
     names = {c["name"] for c in gate["criteria"]}
