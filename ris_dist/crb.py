@@ -106,15 +106,27 @@ def fisher(scenes: CrbScenes, system: SystemConfig) -> torch.Tensor:
     chol = torch.linalg.cholesky(C)  # C is Hermitian PD whenever σ² > 0
     U = torch.cat([b, d], -1)  # [B, L, M, K + 3K]
     gram = U.mH @ torch.cholesky_solve(U, chol)  # Γ = U^H C^{-1} U
-    g_bb = gram[..., :kmax, :kmax]  # [B, L, K, K]
-    g_bd = gram[..., :kmax, kmax:].unflatten(-1, (kmax, 3))  # [B, L, k, m, c]
-    g_dd = gram[..., kmax:, kmax:].unflatten(-1, (kmax, 3)).unflatten(-3, (kmax, 3))  # [B, L, m, c, k, a]
+    return position_fisher(gram[..., :kmax, :kmax], gram[..., :kmax, kmax:], gram[..., kmax:, kmax:], p)
 
-    t1 = torch.einsum("blkmc,blmka->bkamc", g_bd, g_bd)
-    t2 = torch.einsum("blkm,blmcka->bkamc", g_bb, g_dd)
-    pp = (p[:, :, None, None, None] * p[:, None, None, :, None])  # p_k p_m
-    F = 2.0 * pp * (t1 + t2).real
-    F = F.reshape(bsz, 3 * kmax, 3 * kmax)
+
+def position_fisher(g_bb: torch.Tensor, g_bd: torch.Tensor, g_dd: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
+    """Slepian–Bangs Fisher information of the positions with the powers known, ``[B, 3S, 3S]``.
+
+    From the whitened products Γ = Uᴴ C_l⁻¹ U of U = [b | d] (b_k = G_l a_k, d = G_l ∂a, per
+    snapshot l): ``g_bb [B, L, S, S]``, ``g_bd [B, L, S, 3S]``, ``g_dd [B, L, 3S, 3S]``, parameters
+    ordered (k, a) with a fastest, and ``powers [B, S]`` (0 in invalid slots):
+
+        F[(k,a),(m,c)] = 2 p_k p_m Σ_l Re[Γ_bd[k,(m,c)] Γ_bd[m,(k,a)] + Γ_bb[k,m] Γ_dd[(m,c),(k,a)]].
+
+    Shared by the CRB and the ML refinement's scoring (:mod:`ris_dist.localize.ml_derivatives`).
+    """
+    S = powers.shape[-1]
+    owner = torch.arange(3 * S, device=powers.device) // 3  # source k of parameter (k, a)
+    bd_rows = g_bd[..., owner, :]  # Γ_bd[k(i), j]  [B, L, 3S, 3S]
+    t1 = bd_rows * bd_rows.mT
+    t2 = g_bb[..., owner[:, None], owner[None, :]] * g_dd.mT
+    p_x = powers[:, owner]
+    F = 2.0 * (p_x[:, :, None] * p_x[:, None, :]) * (t1 + t2).real.sum(1)
     return 0.5 * (F + F.mT)  # exact symmetry; the two terms are symmetric only up to rounding
 
 

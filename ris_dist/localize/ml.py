@@ -84,8 +84,10 @@ class MLFit:
     nll: torch.Tensor  # [B]
 
 
-def _search(system: SystemConfig, meas: Measurements, held: torch.Tensor, held_powers: torch.Tensor,
-            config: MLConfig) -> torch.Tensor:
+def next_source_on_grid(system: SystemConfig, meas: Measurements, held: torch.Tensor, held_powers: torch.Tensor,
+                        config: MLConfig) -> torch.Tensor:
+    """``[B, 3]``: the grid maximum of the likelihood for one more source, ``held [B, k, 3]`` fixed
+    (:func:`~ris_dist.localize.ml_search.search_new_source` on ``config``'s grid)."""
     return search_new_source(system, meas, held, held_powers, config.grid_spacing_cells,
                              config.min_points_per_axis, config.chunk_elements)
 
@@ -99,7 +101,7 @@ def _alternate(system: SystemConfig, meas: Measurements, x: torch.Tensor, config
         others = torch.cat([x[:, :j], x[:, j + 1:]], 1)
         _, others_powers = concentrated_nll(system, meas, others, everyone[:, 1:])
         trial = x.clone()
-        trial[:, j] = _search(system, meas, others, others_powers, config)
+        trial[:, j] = next_source_on_grid(system, meas, others, others_powers, config)
         value, _ = concentrated_nll(system, meas, trial, everyone)
         better = value < current
         x = torch.where(better[:, None, None], trial, x)
@@ -115,7 +117,7 @@ def ml_fits(system: SystemConfig, meas: Measurements, max_sources: int, config: 
     held_powers = torch.zeros(B, 0, dtype=torch.float64, device=device)
     fits = []
     for k in range(1, max_sources + 1):
-        new = _search(system, meas, held, held_powers, config)
+        new = next_source_on_grid(system, meas, held, held_powers, config)
         x = torch.cat([held, new[:, None].to(torch.float64)], 1)
         everyone = torch.ones(B, k, dtype=torch.bool, device=device)
         x, nll, powers = refine(system, meas, x, everyone, config.refine_iterations, config.refine_damping)

@@ -13,7 +13,7 @@ With ∂_(k,a) C_l = p_k (d b_k^H + b_k d^H) and ∂_(p_m) C_l = b_m b_m^H (Slep
 
 - ∂NLL/∂x_(k,a) = 2 p_k Σ_l Re[Γ_bd[k,(k,a)] − u_b[k] conj(u_d[(k,a)])],  u = Γ_·y;
 - ∂NLL/∂p_m = Σ_l (Γ_bb[m,m] − |u_b[m]|²);
-- F_xx as in the CRB, F_xp[(k,a),m] = 2 p_k Σ_l Re[Γ_bb[k,m] Γ_bd[m,(k,a)]], F_pp = Σ_l |Γ_bb|².
+- F_xx as in the CRB (:func:`ris_dist.crb.position_fisher`), F_xp[(k,a),m] = 2 p_k Σ_l Re[Γ_bb[k,m] Γ_bd[m,(k,a)]], F_pp = Σ_l |Γ_bb|².
 
 The powers are concentrated on the SNR's energy, p·e(x) = E with e_k = Σ_l ‖b_k‖², so the
 gradient of the concentrated NLL is ∂_x NLL − (∂_p NLL · p)/E · p_k ∂e_k/∂x (the derivative along
@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ..config import SystemConfig
-from ..crb import steering_and_jacobian
+from ..crb import position_fisher, steering_and_jacobian
 from .ml_likelihood import Measurements, coded_product
 
 #: Ridge of F_pp (relative to its largest diagonal entry) in the Schur complement: two slots at one
@@ -74,12 +74,7 @@ def likelihood_derivatives(system: SystemConfig, meas: Measurements, positions: 
     multiplier = (grad_p * p).sum(-1) / energy.clamp_min(torch.finfo(energy.dtype).tiny)
     gradient = grad_x - multiplier[:, None] * p_x * energy_slope
 
-    # F_xx[(k,a),(m,c)] = 2 p_k p_m Σ_l Re[Γ_bd[k,(m,c)] Γ_bd[m,(k,a)] + Γ_bb[k,m] Γ_dd[(m,c),(k,a)]]
-    bd_rows = g_bd[..., owner, :]  # Γ_bd[k(i), j]  [B, L, 3S, 3S]
-    t1 = bd_rows * bd_rows.mT
-    t2 = g_bb[..., owner[:, None], owner[None, :]] * g_dd.mT
-    F_xx = 2.0 * (p_x[:, :, None] * p_x[:, None, :]) * (t1 + t2).real.sum(1)
-    F_xx = 0.5 * (F_xx + F_xx.mT)
+    F_xx = position_fisher(g_bb, g_bd, g_dd, p)
     F_xp = 2.0 * p_x[:, :, None] * (g_bb[..., owner, :] * g_bd.mT).real.sum(1)  # [B, 3S, S]
     F_pp = (g_bb.real.square() + g_bb.imag.square()).sum(1)
     live = active & (p > 0)

@@ -28,10 +28,9 @@ import torch
 
 from ..config import SystemConfig
 from .estimates import Estimates
-from .ml import MLConfig, bic
+from .ml import MLConfig, bic, next_source_on_grid
 from .ml_likelihood import Measurements, check_shapes, concentrated_nll, measurements
 from .ml_refine import refine
-from .ml_search import search_new_source
 from .subspace import validate_num_sources
 
 
@@ -77,9 +76,7 @@ def best_subset(system: SystemConfig, meas: Measurements, starts: torch.Tensor, 
 def _sequential_start(system: SystemConfig, meas: Measurements, held: torch.Tensor, held_powers: torch.Tensor
                       ) -> torch.Tensor:
     """B4's sequential search step ``[B, k, 3]``: the fit with k − 1 sources held, the k-th at its grid maximum."""
-    ml = MLConfig()
-    new = search_new_source(system, meas, held, held_powers, ml.grid_spacing_cells, ml.min_points_per_axis,
-                            ml.chunk_elements)
+    new = next_source_on_grid(system, meas, held, held_powers, MLConfig())
     return torch.cat([held, new[:, None].to(held.dtype)], 1)
 
 
