@@ -32,7 +32,8 @@ B3 line of ``success_vs_snr.png``.
 Every method's wall time is reported in total (``seconds``) and per scene (``seconds_per_scene``);
 ``b4`` and ``b4_oracle_k`` share B4's search on a batch, so the first of them listed carries its time.
 With ``b1`` or ``b4`` among the methods, ``paired[reference]`` compares every other method but
-B2 with it scene by scene (both / only one succeeds, exact McNemar p), overall and per SNR bin.
+B2 with it scene by scene (both / only one succeeds, exact McNemar p), overall and per SNR bin;
+``paired_k_correct[reference]`` does the same for K̂ = K (the scenes behind K_acc).
 """
 
 from __future__ import annotations
@@ -266,23 +267,35 @@ def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
             "only_reference": only_b, "p_value": float(p)}
 
 
-def _paired_tables(per_method: Mapping[str, PerScene], snr_edges: np.ndarray) -> dict[str, Any]:
-    """``{reference: {method: ...}}``: success of each method vs each of :data:`PAIRED_REFERENCES`
-    that was evaluated, on the same scenes, overall and per SNR bin: the differences of a small
-    test set are often a few scenes, and the p-value says whether they are more than chance."""
-    return {ref: _paired_with(per_method, ref, snr_edges) for ref in PAIRED_REFERENCES if ref in per_method}
+def _success(ps: PerScene) -> np.ndarray:
+    return ps.success
 
 
-def _paired_with(per_method: Mapping[str, PerScene], reference: str, snr_edges: np.ndarray) -> dict[str, Any]:
-    ref = per_method[reference]
+def _k_correct(ps: PerScene) -> np.ndarray:
+    return ps.k_hat == ps.k_true
+
+
+def _paired_tables(per_method: Mapping[str, PerScene], snr_edges: np.ndarray,
+                   outcome: Callable[[PerScene], np.ndarray] = _success) -> dict[str, Any]:
+    """``{reference: {method: ...}}``: a per-scene ``outcome`` (success, or K̂ = K) of each method vs
+    each of :data:`PAIRED_REFERENCES` that was evaluated, on the same scenes, overall and per SNR
+    bin: the differences of a small test set are often a few scenes, and the p-value says whether
+    they are more than chance."""
+    return {ref: _paired_with(per_method, ref, snr_edges, outcome) for ref in PAIRED_REFERENCES if ref in per_method}
+
+
+def _paired_with(per_method: Mapping[str, PerScene], reference: str, snr_edges: np.ndarray,
+                 outcome: Callable[[PerScene], np.ndarray]) -> dict[str, Any]:
+    ref = outcome(per_method[reference])
     out: dict[str, Any] = {}
     for name, ps in per_method.items():
         if name in (reference, "b2"):
             continue
         b = bin_index(ps.snr_db, snr_edges)
-        out[name] = {"overall": _paired(ps.success, ref.success),
+        hit = outcome(ps)
+        out[name] = {"overall": _paired(hit, ref),
                      "by_snr": [{"lo": float(snr_edges[i]), "hi": float(snr_edges[i + 1]),
-                                 **_paired(ps.success[b == i], ref.success[b == i])}
+                                 **_paired(hit[b == i], ref[b == i])}
                                 for i in range(snr_edges.size - 1)]}
     return out
 
@@ -346,6 +359,7 @@ def evaluate_methods(batches: Iterable[SceneBatch], system: SystemConfig,
             "by_range": _tables(ps, pc, system, "range_m", rng_e),
         }
     results["paired"] = _paired_tables(per_method, snr_e)
+    results["paired_k_correct"] = _paired_tables(per_method, snr_e, _k_correct)
     if out_dir is not None:
         write_outputs(results, Path(out_dir))
     return results

@@ -81,16 +81,19 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += [f"| [{m['lo']:g}, {m['hi']:g}) | {m['num_scenes']} | {_fmt(m['success_at_crb'])} |"
                   for m in results["crb"][table]]
         lines += [f"| **all** | {c['num_scenes']} | {_fmt(c['success_at_crb'])} |", ""]
-    for reference, paired in results["paired"].items():
-        lines += [f"## Paired success vs `{reference}`", "",
-                  "Scenes where only the method succeeds, only the reference does, or both; p is the exact "
-                  "two-sided McNemar test on the discordant scenes (small p: the difference is not chance).", "",
-                  "| method | SNR (dB) | scenes | both | only method | only reference | p |", "|---|---|---|---|---|---|---|"]
-        for name, res in paired.items():
-            for label, m in [*((f"[{m['lo']:g}, {m['hi']:g})", m) for m in res["by_snr"]), ("**all**", res["overall"])]:
-                lines.append(f"| {name} | {label} | {m['num_scenes']} | {m['both']} | {m['only_method']} | "
-                             f"{m['only_reference']} | {_fmt(m['p_value'], 2)} |")
-        lines.append("")
+    for key, what, hit in (("paired", "success", "succeeds"), ("paired_k_correct", "K̂ = K", "has K̂ = K")):
+        for reference, paired in results[key].items():
+            lines += [f"## Paired {what} vs `{reference}`", "",
+                      f"Scenes where only the method {hit}, only the reference does, or both; p is the exact "
+                      "two-sided McNemar test on the discordant scenes (small p: the difference is not chance).", "",
+                      "| method | SNR (dB) | scenes | both | only method | only reference | p |",
+                      "|---|---|---|---|---|---|---|"]
+            for name, res in paired.items():
+                for label, m in [*((f"[{m['lo']:g}, {m['hi']:g})", m) for m in res["by_snr"]),
+                                 ("**all**", res["overall"])]:
+                    lines.append(f"| {name} | {label} | {m['num_scenes']} | {m['both']} | {m['only_method']} | "
+                                 f"{m['only_reference']} | {_fmt(m['p_value'], 2)} |")
+            lines.append("")
     return "\n".join(lines)
 
 

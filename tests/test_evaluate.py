@@ -75,7 +75,14 @@ def test_paired_comparison_with_b1(system, batches, tmp_path):
     assert t["p_value"] == pytest.approx(binomtest(64 - b1_hits, 64 - b1_hits).pvalue)
     bins = res["paired"]["b1"]["truth"]["by_snr"]
     assert sum(m["only_method"] for m in bins) == t["only_method"] and sum(m["num_scenes"] for m in bins) == 64
-    assert "## Paired success vs `b1`" in (tmp_path / "rep" / "report.md").read_text()
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Paired success vs `b1`" in report and "## Paired K̂ = K vs `b1`" in report
+    # K̂ = K, paired the same way: truth always has the true K, so B1's correct counts are all shared.
+    k = res["paired_k_correct"]["b1"]["truth"]["overall"]
+    b1_k = round(res["methods"]["b1"]["overall"]["K_acc"] * 64)
+    assert b1_k != b1_hits, "the fixture should tell K̂ = K apart from success"
+    assert (k["num_scenes"], k["both"], k["only_method"], k["only_reference"]) == (64, b1_k, 64 - b1_k, 0)
+    assert sum(m["only_method"] for m in res["paired_k_correct"]["b1"]["truth"]["by_snr"]) == 64 - b1_k
     assert evaluate_methods(batches, system, {"truth": truth_method}, None)["paired"] == {}
 
 

@@ -85,9 +85,9 @@ def test_cli_with_checkpoint_writes_every_table_and_plot(setup):
     # one SNR and one range table per method, plus B3's success-at-the-CRB pair
     heads = [line.split("|")[1].strip() for line in report.splitlines() if line.startswith("|")]
     assert heads.count("SNR (dB)") == len(ALL_METHODS) + 1 and heads.count("range (m)") == len(ALL_METHODS) + 1
-    # both model variants are paired with B1, with one row per SNR bin and one overall
-    assert sum(line.startswith("| model |") for line in report.splitlines()) == 6
-    assert sum(line.startswith("| model_oracle_k |") for line in report.splitlines()) == 6
+    # both model variants are paired with B1, on success and on K̂ = K, each with one row per SNR bin and one overall
+    assert sum(line.startswith("| model |") for line in report.splitlines()) == 2 * 6
+    assert sum(line.startswith("| model_oracle_k |") for line in report.splitlines()) == 2 * 6
     assert "RMSE/√CRB r" in report and "## B3: CRB" in report
 
 
