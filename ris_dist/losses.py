@@ -10,8 +10,9 @@ Structure terms use the TRUE K and the true steering vectors. Rules they all obe
 * finite gradients at repeated or zero eigenvalues: no eigenvector of R_eff is ever
   differentiated. Only eigenvalues (``eigvalsh``, whose backward is V·diag(g)·V^H with no
   1/(λ_i−λ_j) factors), linear/quadratic forms with the truth's projector Q Q^H (Q: an
-  orthonormal basis of span A, a constant), and the resolvent (R̄ + μI)^{-1} (eigenvalues
-  ≥ μ > 0) appear in the graph. Singular values of thin N×K matrices W are taken as
+  orthonormal basis of span A, a constant), the resolvent (R̄ + μI)^{-1} (eigenvalues
+  ≥ μ > 0) and the null term's filter (I + (R̄/μ)²)^{-1} (eigenvalues of I + (R̄/μ)² ≥ 1)
+  appear in the graph. Singular values of thin N×K matrices W are taken as
   eigenvalues of the K×K Gram W^H W for the same reason (``svd``'s backward has
   1/(σ_i²−σ_j²) factors).
 * non-finite in -> non-finite out: LAPACK's eigvalsh raises or returns finite garbage for

@@ -25,7 +25,7 @@ from ..localize.ml import MLConfig
 from ..localize.ml_likelihood import Measurements, concentrated_nll, measurements
 from ..localize.ml_refine import clamp_to_prior_box, refine, scoring_step
 from ..metrics import per_scene
-from ..physics import simulate
+from ..physics import SceneBatch, simulate
 from ..physics.steering import resolution_cells
 
 BASELINE_STEP_SIZES = (1.0, 0.5, 0.25, 0.1)
@@ -90,7 +90,7 @@ def baseline_refine(system: SystemConfig, meas: Measurements, positions: torch.T
     return x, nll
 
 
-def _success(system: SystemConfig, x: torch.Tensor, batch) -> float:
+def _success(system: SystemConfig, x: torch.Tensor, batch: SceneBatch) -> float:
     """Fraction of scenes that meet the success rule (``metrics.per_scene``) with the refined positions."""
     return float(per_scene(Estimates.from_positions(x, batch.valid), batch, system).success.mean())
 
