@@ -328,7 +328,7 @@ class TrainConfig:
         weight_names = {f.name for f in dataclasses.fields(self.loss.weights)}
         for name in self.ramps:
             check(name in weight_names, f"ramps.{name}", name, f"not a loss weight ({', '.join(sorted(weight_names))})")
-        structure = {"lam_gap", "lam_subspace", "lam_peak", "lam_ortho", "lam_locate", "lam_null"}
+        structure = weight_names - {"lam_cov", "lam_k"}  # every structure term's λ, from LossWeights itself
         for name, frac in self.auto_weights.items():
             check(name in structure, f"auto_weights.{name}", name, f"not a structure weight ({', '.join(sorted(structure))})")
             check(0 < frac < 1, f"auto_weights.{name}", frac, "target fraction must be in (0, 1)")
